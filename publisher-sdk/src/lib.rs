@@ -1,0 +1,118 @@
+//! # vwed-publisher
+//!
+//! The library that VWED task engines and storage services use to feed the realtime hub:
+//!
+//! * **publish change events**: task results (`SUCCESS` / `FAILED` / `RUNNING`) and storage
+//!   location changes (status changes, full-record upserts, removals), each on its key's subject;
+//! * **answer snapshot requests**: when a hub needs the current state of a task or a scene, it asks
+//!   over NATS request/reply and a handler you supply answers, in a queue group shared by all
+//!   replicas of your service.
+//!
+//! The [`wire`] types and the [`subject`] mapping are the contract itself; the hub uses these same
+//! definitions, so the two sides cannot disagree.
+//!
+//! ## Revs
+//!
+//! Every event carries a `rev`, strictly increasing per key. The hub applies an event only when
+//! its rev is above the state it holds, so a snapshot and the events racing it merge exactly. A
+//! snapshot's rev must be the rev of the last event its state reflects: **read the state and its
+//! rev together**, e.g. keep the rev in a column beside the state and update both in the
+//! transaction that makes the change, then publish the event with that rev once it commits:
+//!
+//! ```text
+//! BEGIN;
+//!   UPDATE storage_location SET is_occupied = true, rev = $rev WHERE id = $id;
+//!   UPDATE scene SET rev = $rev WHERE id = $scene;
+//! COMMIT;
+//! publisher.publish_scene(&SceneEvent { scene_id, rev, change }).await?;
+//! -- snapshot handler: SELECT rev, locations FROM ... in one transaction
+//! ```
+//!
+//! [`Publisher::next_rev`] hands out revs from a [`HybridClock`] (wall-clock microseconds, bumped
+//! when needed), which keeps increasing across restarts. A service with its own row versions
+//! publishes those instead with [`Publisher::publish_task`] / [`Publisher::publish_scene`].
+//!
+//! ## Example
+//!
+//! A task engine that appends a result and answers snapshots from its in-memory state
+//! (run `nats-server` first):
+//!
+//! ```no_run
+//! use std::{collections::HashMap, sync::Arc};
+//! use tokio::sync::Mutex;
+//! use vwed_publisher::{Publisher, TaskResult, TaskSnapshot, TaskStatus};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+//!     let publisher = Publisher::new(client);
+//!
+//!     // State and rev live together, so a snapshot always matches its rev.
+//!     let tasks: Arc<Mutex<HashMap<String, (u64, Vec<TaskResult>)>>> = Default::default();
+//!
+//!     let state = tasks.clone();
+//!     let _responder = publisher
+//!         .serve_task_snapshots(move |id: String| {
+//!             let state = state.clone();
+//!             async move {
+//!                 let tasks = state.lock().await;
+//!                 Ok::<_, std::convert::Infallible>(tasks.get(&id).map(|(rev, results)| {
+//!                     TaskSnapshot { task_record_id: id, rev: *rev, results: results.clone() }
+//!                 }))
+//!             }
+//!         })
+//!         .await?;
+//!
+//!     // Change the state and publish the change under one lock, with one rev.
+//!     let result = TaskResult::now("[取货] 开始", TaskStatus::Running);
+//!     let mut guard = tasks.lock().await;
+//!     let (rev, results) = guard.entry("t-1".to_owned()).or_default();
+//!     *rev = publisher.next_rev();
+//!     results.push(result.clone());
+//!     let event = vwed_publisher::TaskEvent {
+//!         task_record_id: "t-1".into(),
+//!         rev: *rev,
+//!         change: vwed_publisher::TaskChange::Append {
+//!             index: (results.len() - 1) as u64,
+//!             results: vec![result],
+//!         },
+//!     };
+//!     publisher.publish_task(&event).await?;
+//!     drop(guard);
+//!     publisher.flush().await?;
+//!     Ok(())
+//! }
+//! ```
+#![deny(missing_docs)]
+
+mod publisher;
+mod responder;
+pub mod rev;
+pub mod subject;
+pub mod wire;
+
+pub use publisher::Publisher;
+pub use responder::SnapshotResponder;
+pub use rev::HybridClock;
+pub use subject::{decode_key, encode_key, Subjects};
+pub use wire::{
+    timestamp_now, LocationStatus, SceneChange, SceneEvent, SceneSnapshot, SnapshotReply,
+    StatusAction, StorageLocation, TaskChange, TaskEvent, TaskResult, TaskSnapshot, TaskStatus,
+};
+
+/// What can go wrong while publishing or serving snapshots.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A payload could not be encoded as JSON.
+    #[error("could not encode the payload: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// NATS refused or could not take the message.
+    #[error("could not publish: {0}")]
+    Publish(#[source] async_nats::PublishError),
+    /// The responder could not subscribe to its request subject.
+    #[error("could not subscribe: {0}")]
+    Subscribe(#[source] async_nats::SubscribeError),
+    /// Buffered messages could not be written to the server.
+    #[error("could not flush: {0}")]
+    Flush(#[source] async_nats::client::FlushError),
+}

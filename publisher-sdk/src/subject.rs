@@ -1,0 +1,185 @@
+//! NATS subjects of the contract, and the `<key>` encoding that keeps any id a single, literal
+//! subject token (SPEC section 3).
+
+use std::borrow::Cow;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+/// The default subject prefix.
+pub const DEFAULT_PREFIX: &str = "vwed";
+
+/// Longest id that is used verbatim as a subject token.
+const MAX_PLAIN_KEY_LEN: usize = 128;
+
+/// Marks an encoded key; `~` cannot start a plain key, so the two forms never collide.
+const ENCODED_MARK: char = '~';
+
+/// Turns an id into its subject token: the id itself when it is `[A-Za-z0-9_-]{1,128}`, else `~`
+/// and the unpadded base64url of its UTF-8 bytes. Either way the token holds no `.`, `*`, `>` or
+/// whitespace, so no id can become a wildcard or reach another key's subject.
+pub fn encode_key(id: &str) -> Cow<'_, str> {
+    let plain = !id.is_empty()
+        && id.len() <= MAX_PLAIN_KEY_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        Cow::Borrowed(id)
+    } else {
+        let mut token = String::with_capacity(1 + id.len().div_ceil(3) * 4);
+        token.push(ENCODED_MARK);
+        URL_SAFE_NO_PAD.encode_string(id.as_bytes(), &mut token);
+        Cow::Owned(token)
+    }
+}
+
+/// Turns a subject token back into the id; `None` when the token is not a valid encoding.
+pub fn decode_key(token: &str) -> Option<String> {
+    match token.strip_prefix(ENCODED_MARK) {
+        Some(encoded) => {
+            let bytes = URL_SAFE_NO_PAD.decode(encoded).ok()?;
+            String::from_utf8(bytes).ok()
+        }
+        None => (!token.is_empty()).then(|| token.to_owned()),
+    }
+}
+
+/// The subjects of one deployment, all under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    /// Lets several environments share one NATS cluster without hearing each other.
+    prefix: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Subjects {
+    /// Subjects under `prefix` (for example `vwed`, or `staging.vwed`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix these subjects start with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Where a task record's events are published: `<prefix>.task.<key>.execution`.
+    pub fn task_events(&self, task_record_id: &str) -> String {
+        format!(
+            "{}.task.{}.execution",
+            self.prefix,
+            encode_key(task_record_id)
+        )
+    }
+
+    /// Where a scene's events are published: `<prefix>.scene.<key>.storage`.
+    pub fn scene_events(&self, scene_id: &str) -> String {
+        format!("{}.scene.{}.storage", self.prefix, encode_key(scene_id))
+    }
+
+    /// Where the hub asks for a task record's snapshot: `<prefix>.snapshot.task.<key>`.
+    pub fn task_snapshot(&self, task_record_id: &str) -> String {
+        format!(
+            "{}.snapshot.task.{}",
+            self.prefix,
+            encode_key(task_record_id)
+        )
+    }
+
+    /// Where the hub asks for a scene's snapshot: `<prefix>.snapshot.scene.<key>`.
+    pub fn scene_snapshot(&self, scene_id: &str) -> String {
+        format!("{}.snapshot.scene.{}", self.prefix, encode_key(scene_id))
+    }
+
+    /// The wildcard a task snapshot responder listens on.
+    pub fn all_task_snapshots(&self) -> String {
+        format!("{}.snapshot.task.*", self.prefix)
+    }
+
+    /// The wildcard a scene snapshot responder listens on.
+    pub fn all_scene_snapshots(&self) -> String {
+        format!("{}.snapshot.scene.*", self.prefix)
+    }
+
+    /// The id named by a snapshot request subject (the token after the prefix's `snapshot.<kind>.`).
+    pub fn snapshot_key(&self, subject: &str) -> Option<String> {
+        let token = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".snapshot.")?
+            .split_once('.')?
+            .1;
+        if token.contains('.') {
+            return None;
+        }
+        decode_key(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_ids_stay_as_they_are() {
+        assert_eq!(encode_key("t-1"), "t-1");
+        assert_eq!(encode_key("Task_42-x"), "Task_42-x");
+        assert!(matches!(encode_key("abc"), Cow::Borrowed(_)));
+        let longest = "a".repeat(128);
+        assert_eq!(encode_key(&longest), longest.as_str());
+    }
+
+    #[test]
+    fn dangerous_ids_are_encoded_into_one_safe_token() {
+        for id in [
+            "a.b",
+            "*",
+            ">",
+            "a b",
+            "仓库一号",
+            "~x",
+            "",
+            "a\tb",
+            &"a".repeat(129),
+        ] {
+            let token = encode_key(id);
+            assert!(token.starts_with('~'), "{id:?} -> {token}");
+            assert!(
+                token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-~".contains(&b)),
+                "{id:?} -> {token}"
+            );
+            assert_eq!(decode_key(&token).as_deref(), Some(id), "{id:?}");
+        }
+        assert_eq!(encode_key("a.b"), "~YS5i");
+        assert_eq!(encode_key("*"), "~Kg");
+    }
+
+    #[test]
+    fn distinct_ids_get_distinct_subjects() {
+        let s = Subjects::default();
+        assert_eq!(s.task_events("t-1"), "vwed.task.t-1.execution");
+        assert_eq!(s.scene_events("a.b"), "vwed.scene.~YS5i.storage");
+        assert_ne!(s.task_events("YS5i"), s.task_events("a.b"));
+        assert_eq!(s.task_snapshot(">"), "vwed.snapshot.task.~Pg");
+    }
+
+    #[test]
+    fn snapshot_subjects_decode_back_to_the_id() {
+        let s = Subjects::new("staging.vwed");
+        for id in ["t-1", "a.b", "*", "场景 1"] {
+            assert_eq!(s.snapshot_key(&s.task_snapshot(id)).as_deref(), Some(id));
+            assert_eq!(s.snapshot_key(&s.scene_snapshot(id)).as_deref(), Some(id));
+        }
+        assert_eq!(s.snapshot_key("other.snapshot.task.x"), None);
+        assert_eq!(s.snapshot_key("staging.vwed.snapshot.task.~!!"), None);
+    }
+}
