@@ -1,0 +1,120 @@
+//! Command-line flags, each with an environment variable and a default that works.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// vwed-hub: the realtime hub of the VWED WebSocket API.
+///
+/// Serves the four VWED endpoints under /ws (task execution and storage locations, realtime and
+/// broadcast), fed by change events that task engines and storage services publish to NATS.
+/// The hub keeps no data of its own: when it needs current state it asks the owning service
+/// for a snapshot over NATS request/reply. Run as many replicas as you like.
+///
+/// Also serves /healthz (alive), /readyz (NATS connected) and /metrics (Prometheus).
+#[derive(Debug, Clone, Parser)]
+#[command(version, about, long_about)]
+pub struct Config {
+    /// Address to serve HTTP and WebSocket connections on.
+    #[arg(long, env = "VWED_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+
+    /// NATS server(s) to connect to; several may be given, comma-separated. The hub starts
+    /// even when NATS is down and connects as soon as it can (until then /readyz says 503 and
+    /// new clients are closed with 1013).
+    #[arg(long, env = "VWED_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// First tokens of every NATS subject (`<prefix>.task.<key>.execution`, ...); must match
+    /// the publishers' prefix.
+    #[arg(long, env = "VWED_SUBJECT_PREFIX", default_value = "vwed", value_parser = parse_prefix)]
+    pub subject_prefix: String,
+
+    /// How often to send WebSocket Ping frames; a client silent for three periods is dropped.
+    #[arg(long, env = "VWED_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// How long to wait for an owner's snapshot reply before retrying (with backoff).
+    #[arg(long, env = "VWED_SNAPSHOT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub snapshot_timeout: Duration,
+
+    /// Messages that may wait for one client's socket. A broadcast client that falls this far
+    /// behind is closed with 1013; a realtime client just gets the newer state later.
+    #[arg(long, env = "VWED_CLIENT_QUEUE", default_value_t = 256)]
+    pub client_queue: usize,
+
+    /// How long one socket write may block before the client is considered gone.
+    #[arg(long, env = "VWED_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long closing clients (with 1001) may take before the hub exits.
+    #[arg(long, env = "VWED_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// The defaults, with the hub on `listen` and NATS at `nats_url`; for tests and embedding.
+    pub fn new(listen: SocketAddr, nats_url: impl Into<String>) -> Self {
+        let mut config = Self::parse_from(["vwed-hub"]);
+        config.listen = listen;
+        config.nats_url = nats_url.into();
+        config
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (try e.g. 20s, 500ms, 1m)"))?;
+    if duration.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(duration)
+}
+
+fn parse_prefix(text: &str) -> Result<String, String> {
+    let valid = text.split('.').all(|token| {
+        !token.is_empty()
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    });
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(
+            "use dot-separated tokens of letters, digits, '_' and '-' (e.g. vwed or prod.vwed)"
+                .into(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let config = Config::parse_from(["vwed-hub"]);
+        assert_eq!(config.listen, "0.0.0.0:8000".parse().unwrap());
+        assert_eq!(config.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(config.subject_prefix, "vwed");
+        assert_eq!(config.ping_interval, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn prefixes_must_be_literal_subject_tokens() {
+        assert!(parse_prefix("vwed").is_ok());
+        assert!(parse_prefix("prod.vwed-2").is_ok());
+        for bad in ["", "a..b", "*", "a.>", "a b", ".a"] {
+            assert!(parse_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_are_human() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! A connection as the fan-out sees it: a bounded queue to push frames into, never to wait on.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::messages::Frame;
+use crate::metrics::Metrics;
+
+/// Identifies one connection's membership in one topic.
+pub type MemberId = u64;
+
+/// A process-wide sequence, so ids never repeat while the hub runs.
+pub fn next_member_id() -> MemberId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How a push into an outbox went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued for the socket.
+    Queued,
+    /// The queue is full: the client is not keeping up.
+    Full,
+    /// The connection is gone; its leave is on its way.
+    Closed,
+}
+
+/// The sending side of one connection's outgoing queue.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    /// Bounded, so a stalled socket costs a fixed amount of memory.
+    frames: mpsc::Sender<Frame>,
+    /// Cancelled to tell the connection to close with 1013 because it fell behind.
+    too_slow: CancellationToken,
+    /// Counts deliveries and drops.
+    metrics: Arc<Metrics>,
+}
+
+/// The receiving side, owned by the connection's writer.
+pub struct Inbox {
+    /// Frames in the order the fan-out produced them.
+    pub frames: mpsc::Receiver<Frame>,
+    /// Cancelled when the fan-out gave up on this client.
+    pub too_slow: CancellationToken,
+}
+
+/// A connection's queue of `capacity` frames.
+pub fn outbox(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, Inbox) {
+    let (frames, receiver) = mpsc::channel(capacity.max(1));
+    let too_slow = CancellationToken::new();
+    let outbox = Outbox {
+        frames,
+        too_slow: too_slow.clone(),
+        metrics,
+    };
+    (
+        outbox,
+        Inbox {
+            frames: receiver,
+            too_slow,
+        },
+    )
+}
+
+impl Outbox {
+    /// Queues `frame` without waiting.
+    pub fn offer(&self, frame: Frame) -> Delivery {
+        match self.frames.try_send(frame) {
+            Ok(()) => {
+                self.metrics.messages_delivered.inc();
+                Delivery::Queued
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.messages_dropped.inc();
+                Delivery::Full
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+        }
+    }
+
+    /// Queues `frame`, and closes the connection with 1013 when it cannot keep up: for streams
+    /// where a dropped message would be a lost change.
+    pub fn offer_or_close(&self, frame: Frame) {
+        if self.offer(frame) == Delivery::Full && !self.too_slow.is_cancelled() {
+            self.metrics.slow_clients_closed.inc();
+            self.too_slow.cancel();
+        }
+    }
+}
+
+/// What a member receives.
+#[derive(Debug, Clone)]
+pub enum Mode<F> {
+    /// Every event as it happens (endpoints 2 and 4).
+    Broadcast,
+    /// The filtered state on join, then at most one update per `interval`, only when it changed;
+    /// plus the notices its filter reaches (endpoints 1 and 3).
+    Realtime {
+        /// Which part of the state the client watches.
+        filter: F,
+        /// The shortest time between two periodic updates.
+        interval: Duration,
+    },
+}
+
+/// A connection joining a topic.
+#[derive(Debug)]
+pub struct Member<F> {
+    /// Names this membership in later commands (get_status, leave).
+    pub id: MemberId,
+    /// What the connection receives.
+    pub mode: Mode<F>,
+    /// Where its frames go.
+    pub outbox: Outbox,
+}

@@ -1,0 +1,202 @@
+//! Key → topic. A topic exists while at least one connection watches its key: created by the
+//! first join, removed (and unsubscribed) by the last leave.
+//!
+//! Joins count themselves in the topic's member counter *while holding the map entry*, and a
+//! topic removes itself only through `remove_if` that sees the counter at zero under the same
+//! shard lock. So a join that races the last leave either keeps the old topic alive or creates a
+//! new one; it never lands in a topic that is shutting down.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use vwed_publisher::Subjects;
+
+use super::member::{Member, MemberId};
+use super::topic::Topic;
+use crate::broker::Broker;
+use crate::metrics::Metrics;
+use crate::view::View;
+
+/// What every topic needs from the hub.
+pub struct TopicContext {
+    /// Where events come from and snapshots are requested.
+    pub broker: Arc<dyn Broker>,
+    /// Maps ids to subjects exactly as publishers do.
+    pub subjects: Subjects,
+    /// How long one snapshot request may take before it counts as failed.
+    pub snapshot_timeout: Duration,
+    /// Where topics count what they do.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A request to a topic task.
+#[derive(Debug)]
+pub enum Command<F> {
+    /// A connection starts watching.
+    Join(Member<F>),
+    /// A connection stopped watching.
+    Leave(MemberId),
+    /// A connection asked for the current state.
+    GetStatus(MemberId),
+    /// Events may have been lost: take a fresh snapshot.
+    Resnapshot,
+}
+
+/// How the registry and connections reach one topic task.
+pub(super) struct TopicHandle<F> {
+    /// Tells this topic from a later one for the same key.
+    pub serial: u64,
+    /// Joined and not yet left; the topic ends when it reaches zero.
+    pub members: Arc<AtomicUsize>,
+    /// Unbounded because leaves must never be lost or wait; the number of commands in flight is
+    /// bounded by the number of connections.
+    pub commands: mpsc::UnboundedSender<Command<F>>,
+}
+
+impl<F> Clone for TopicHandle<F> {
+    fn clone(&self) -> Self {
+        Self {
+            serial: self.serial,
+            members: self.members.clone(),
+            commands: self.commands.clone(),
+        }
+    }
+}
+
+/// The topics of one kind of key.
+pub struct Registry<V: View> {
+    /// The live topics by id; shared with each topic so it can remove itself.
+    topics: Arc<DashMap<String, TopicHandle<V::Filter>>>,
+    /// Handed to each new topic.
+    context: Arc<TopicContext>,
+}
+
+/// One connection's place in a topic. Dropping it leaves the topic.
+pub struct Membership<F> {
+    /// This member's id within the topic.
+    id: MemberId,
+    /// The topic's command channel and member counter.
+    topic: TopicHandle<F>,
+}
+
+impl<F> Membership<F> {
+    /// Asks the topic to send this member the current state now.
+    pub fn request_status(&self) {
+        let _ = self.topic.commands.send(Command::GetStatus(self.id));
+    }
+}
+
+impl<F> Drop for Membership<F> {
+    fn drop(&mut self) {
+        self.topic.members.fetch_sub(1, Ordering::AcqRel);
+        // A topic that is already gone needs no leave.
+        let _ = self.topic.commands.send(Command::Leave(self.id));
+    }
+}
+
+impl<V: View> Registry<V> {
+    /// An empty registry whose topics use `context`.
+    pub fn new(context: Arc<TopicContext>) -> Self {
+        Self {
+            topics: Arc::new(DashMap::new()),
+            context,
+        }
+    }
+
+    /// Adds `member` to the topic of `id`, creating the topic if nobody watches `id` yet.
+    pub fn join(&self, id: &str, member: Member<V::Filter>) -> Membership<V::Filter> {
+        let member_id = member.id;
+        let mut command = Command::Join(member);
+        loop {
+            let topic = {
+                let entry = self
+                    .topics
+                    .entry(id.to_owned())
+                    .or_insert_with(|| self.spawn_topic(id));
+                entry.members.fetch_add(1, Ordering::AcqRel);
+                entry.clone()
+            };
+            match topic.commands.send(command) {
+                Ok(()) => {
+                    return Membership {
+                        id: member_id,
+                        topic,
+                    }
+                }
+                Err(mpsc::error::SendError(returned)) => {
+                    // The topic task ended without removing itself (it cannot, short of a
+                    // bug); replace it rather than lose the member.
+                    tracing::error!(id, "topic task ended unexpectedly; restarting it");
+                    self.topics.remove_if(id, |_, h| h.serial == topic.serial);
+                    command = returned;
+                }
+            }
+        }
+    }
+
+    /// Asks every topic to take a fresh snapshot (after a reconnect or lost messages).
+    pub fn resnapshot_all(&self) {
+        for topic in self.topics.iter() {
+            let _ = topic.commands.send(Command::Resnapshot);
+        }
+    }
+
+    /// How many keys are watched.
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Whether no key is watched.
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+
+    fn spawn_topic(&self, id: &str) -> TopicHandle<V::Filter> {
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let handle = TopicHandle {
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+            members: Arc::new(AtomicUsize::new(0)),
+            commands,
+        };
+        let topic = Topic::<V>::new(
+            id.to_owned(),
+            self.context.clone(),
+            Departure {
+                topics: self.topics.clone(),
+                serial: handle.serial,
+                members: handle.members.clone(),
+            },
+            receiver,
+        );
+        tokio::spawn(topic.run());
+        handle
+    }
+}
+
+/// Lets a topic remove itself from the registry once its last member left.
+pub(super) struct Departure<F> {
+    /// The registry's map.
+    topics: Arc<DashMap<String, TopicHandle<F>>>,
+    /// The topic's serial, so it never removes a successor.
+    serial: u64,
+    /// The topic's member counter.
+    members: Arc<AtomicUsize>,
+}
+
+impl<F> Departure<F> {
+    /// Removes the topic of `id` if nobody is a member; true when it did.
+    pub fn leave_if_unwatched(&self, id: &str) -> bool {
+        if self.members.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        self.topics
+            .remove_if(id, |_, handle| {
+                handle.serial == self.serial && handle.members.load(Ordering::Acquire) == 0
+            })
+            .is_some()
+    }
+}

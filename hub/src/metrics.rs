@@ -1,0 +1,147 @@
+//! Counters and gauges served at `/metrics` in the Prometheus text format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels naming an endpoint (`task-execution`, `storage-location-broadcast`, ...).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The endpoint's path segment.
+    pub endpoint: &'static str,
+}
+
+/// Labels naming a key kind and why something happened.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `task` or `scene`.
+    pub kind: &'static str,
+    /// Outcome or cause, a short fixed word.
+    pub reason: &'static str,
+}
+
+/// Every metric the hub keeps. Handles are cheap to clone and update without locks.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Owns the metric descriptions; read only when `/metrics` is scraped.
+    registry: Registry,
+    /// Open WebSocket connections by endpoint.
+    pub connections: Family<EndpointLabels, Gauge>,
+    /// Messages queued to a client.
+    pub messages_delivered: Counter,
+    /// Messages not queued because the client's queue was full.
+    pub messages_dropped: Counter,
+    /// Clients closed with 1013 because they could not keep up.
+    pub slow_clients_closed: Counter,
+    /// Keys the hub holds a broker subscription for.
+    pub subscriptions: Gauge,
+    /// Snapshot requests by kind and outcome.
+    pub snapshot_requests: Family<KindLabels, Counter>,
+    /// Events and replies refused by kind and cause.
+    pub events_rejected: Family<KindLabels, Counter>,
+    /// Events that arrived with a rev the view already had.
+    pub events_stale: Counter,
+    /// 1 while the broker is connected.
+    pub broker_connected: Gauge,
+    /// Times the broker connection came back after a drop.
+    pub broker_reconnects: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("vwed_hub");
+        let metrics = Self {
+            connections: Family::default(),
+            messages_delivered: Counter::default(),
+            messages_dropped: Counter::default(),
+            slow_clients_closed: Counter::default(),
+            subscriptions: Gauge::default(),
+            snapshot_requests: Family::default(),
+            events_rejected: Family::default(),
+            events_stale: Counter::default(),
+            broker_connected: Gauge::default(),
+            broker_reconnects: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "messages_delivered",
+            "Messages queued to clients",
+            metrics.messages_delivered.clone(),
+        );
+        registry.register(
+            "messages_dropped",
+            "Messages dropped because a client queue was full",
+            metrics.messages_dropped.clone(),
+        );
+        registry.register(
+            "slow_clients_closed",
+            "Clients closed with 1013 for falling behind",
+            metrics.slow_clients_closed.clone(),
+        );
+        registry.register(
+            "broker_subscriptions",
+            "Keys with a broker subscription",
+            metrics.subscriptions.clone(),
+        );
+        registry.register(
+            "snapshot_requests",
+            "Snapshot requests by outcome",
+            metrics.snapshot_requests.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "Events and replies refused, by cause",
+            metrics.events_rejected.clone(),
+        );
+        registry.register(
+            "events_stale",
+            "Events dropped for an old rev",
+            metrics.events_stale.clone(),
+        );
+        registry.register(
+            "broker_connected",
+            "1 while the broker is connected",
+            metrics.broker_connected.clone(),
+        );
+        registry.register(
+            "broker_reconnects",
+            "Broker reconnections",
+            metrics.broker_reconnects.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Counts a snapshot request outcome.
+    pub fn snapshot(&self, kind: &'static str, reason: &'static str) {
+        self.snapshot_requests
+            .get_or_create(&KindLabels { kind, reason })
+            .inc();
+    }
+
+    /// Counts a refused event or reply.
+    pub fn rejected(&self, kind: &'static str, reason: &'static str) {
+        self.events_rejected
+            .get_or_create(&KindLabels { kind, reason })
+            .inc();
+    }
+}

@@ -1,0 +1,118 @@
+//! HTTP routes: the four WebSocket endpoints under `/ws`, and the probes.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::fanout::FanOut;
+use crate::ws::{connection, endpoint, ConnectionSettings, Endpoint};
+
+/// Largest client frame or message accepted; larger ones close the connection with 1009.
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// Per-connection read buffer. Clients send little, so a small buffer keeps idle connections
+/// cheap (tungstenite's default is 128 KiB).
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Bytes gathered before a write reaches the socket; flushes send the rest.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The topics connections join.
+    pub fanout: Arc<FanOut>,
+    /// Ping period, queue size, write timeout.
+    pub settings: ConnectionSettings,
+    /// Cancelled when the hub begins to shut down.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks, so shutdown can wait for their closes.
+    pub connections: TaskTracker,
+}
+
+/// The hub's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws/{*path}", any(websocket))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .with_state(state)
+}
+
+async fn websocket(
+    State(state): State<AppState>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // The raw path keeps the id percent-encoded, so `%2F` stays inside the id's segment.
+    let rest = uri.path().strip_prefix("/ws/").unwrap_or_default();
+    let (segment, raw_id) = rest.split_once('/').unwrap_or((rest, ""));
+    let Some(endpoint) = Endpoint::from_segment(segment) else {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    };
+    if raw_id.contains('/') {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            let status = rejection.status();
+            return (
+                status,
+                [(header::UPGRADE, "websocket")],
+                format!("{rejection}: this path serves WebSocket connections only\n"),
+            )
+                .into_response();
+        }
+    };
+    let upgrade = upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER);
+    let watch = endpoint::parse(endpoint, raw_id, query.as_deref());
+    let raw_id = raw_id.to_owned();
+    let tracker = state.connections.clone();
+    upgrade.on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            match watch {
+                Ok(watch) => {
+                    connection::serve(socket, watch, state.fanout, state.settings, state.shutdown)
+                        .await;
+                }
+                Err(invalid) => connection::reject(socket, endpoint, &raw_id, invalid).await,
+            }
+        })
+    })
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if state.fanout.context.broker.is_connected() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "broker not connected").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.fanout.context.metrics.render(),
+    )
+        .into_response()
+}

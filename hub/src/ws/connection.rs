@@ -1,0 +1,327 @@
+//! One WebSocket connection: it joins its key's topic, writes what the topic queues for it,
+//! answers the client's messages, keeps the connection alive with Ping frames, and leaves when
+//! anything ends it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::SinkExt;
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
+
+use super::endpoint::{Endpoint, InvalidRequest, Watch};
+use crate::fanout::{next_member_id, outbox, FanOut, Inbox, Member, Membership, Mode};
+use crate::messages::{self, ClientMessageError, ClientRequest, Envelope, Frame};
+use crate::metrics::{EndpointLabels, Metrics};
+
+/// Close codes of SPEC 2.4.
+pub mod close {
+    /// Normal close.
+    pub const NORMAL: u16 = 1000;
+    /// The hub is shutting down; reconnect elsewhere.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Invalid parameters or not authorised.
+    pub const POLICY: u16 = 1008;
+    /// A client frame over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error.
+    pub const INTERNAL: u16 = 1011;
+    /// Try again later: no broker, or the client fell behind.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Frames written per flush at most, so one busy stream cannot starve the reader.
+const MAX_BATCH: usize = 64;
+
+/// How long the closing handshake may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Per-connection settings.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// How often the hub sends a Ping frame; silence for three periods closes the connection.
+    pub ping_interval: Duration,
+    /// Outgoing frames a connection may have queued.
+    pub queue_capacity: usize,
+    /// How long one write may block before the client counts as gone.
+    pub write_timeout: Duration,
+}
+
+/// Why the connection loop ended.
+enum Ending {
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+    /// The client is gone (it closed, or the socket failed); nothing more to send.
+    Gone,
+}
+
+/// Serves a rejected request: one `error` naming the problem, then close 1008.
+pub async fn reject(
+    mut socket: WebSocket,
+    endpoint: Endpoint,
+    raw_id: &str,
+    invalid: InvalidRequest,
+) {
+    let envelope = Envelope::new(endpoint.kind(), &lossy_id(raw_id));
+    tracing::info!(endpoint = endpoint.segment(), error = %invalid, "rejected connection");
+    let _ = socket
+        .send(Message::Text(frame_text(
+            envelope.error(&invalid.to_string()),
+        )))
+        .await;
+    close_socket(socket, close::POLICY, "invalid parameters").await;
+}
+
+/// The id as best it can be shown in an error about it.
+fn lossy_id(raw: &str) -> String {
+    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    decoded
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(super::endpoint::MAX_ID_BYTES)
+        .collect()
+}
+
+/// Serves a valid connection until it ends.
+pub async fn serve(
+    mut socket: WebSocket,
+    watch: Watch,
+    fanout: Arc<FanOut>,
+    settings: ConnectionSettings,
+    shutdown: CancellationToken,
+) {
+    let metrics = fanout.context.metrics.clone();
+    let envelope = Envelope::new(watch.endpoint.kind(), &watch.id);
+    if !fanout.context.broker.is_connected() {
+        tracing::info!(endpoint = watch.endpoint.segment(), id = %watch.id, "broker unavailable; asking the client to retry");
+        let text = frame_text(envelope.error("服务暂时不可用: 消息总线未连接,请稍后重试"));
+        let _ = socket.send(Message::Text(text)).await;
+        close_socket(socket, close::TRY_AGAIN_LATER, "broker unavailable").await;
+        return;
+    }
+
+    let (outbox, inbox) = outbox(settings.queue_capacity, metrics.clone());
+    let membership = join(&fanout, &watch, outbox);
+    let gauge = metrics
+        .connections
+        .get_or_create(&EndpointLabels {
+            endpoint: watch.endpoint.segment(),
+        })
+        .clone();
+    gauge.inc();
+    let started = Instant::now();
+    tracing::debug!(endpoint = watch.endpoint.segment(), id = %watch.id, "connected");
+
+    let mut connection = Connection {
+        socket,
+        inbox,
+        membership,
+        envelope,
+        settings,
+        metrics: metrics.clone(),
+    };
+    let ending = connection.run(&shutdown).await;
+    let Connection {
+        socket, membership, ..
+    } = connection;
+    drop(membership);
+    gauge.dec();
+    let code = match ending {
+        Ending::Close(code, reason) => {
+            close_socket(socket, code, reason).await;
+            Some(code)
+        }
+        Ending::Gone => None,
+    };
+    tracing::debug!(
+        endpoint = watch.endpoint.segment(),
+        id = %watch.id,
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        close_code = code,
+        "disconnected"
+    );
+}
+
+/// Something the connection can ask its topic for, whatever the key's kind.
+trait Watching: Send {
+    fn request_status(&self);
+}
+
+impl<F: Send> Watching for Membership<F> {
+    fn request_status(&self) {
+        Membership::request_status(self);
+    }
+}
+
+fn join(fanout: &FanOut, watch: &Watch, outbox: crate::fanout::Outbox) -> Box<dyn Watching> {
+    let id = next_member_id();
+    let interval = watch.interval;
+    match watch.endpoint {
+        Endpoint::TaskRealtime | Endpoint::TaskBroadcast => {
+            let mode = match interval {
+                Some(interval) => Mode::Realtime {
+                    filter: (),
+                    interval,
+                },
+                None => Mode::Broadcast,
+            };
+            Box::new(fanout.tasks.join(&watch.id, Member { id, mode, outbox }))
+        }
+        Endpoint::SceneRealtime | Endpoint::SceneBroadcast => {
+            let mode = match interval {
+                Some(interval) => Mode::Realtime {
+                    filter: watch.filter.clone(),
+                    interval,
+                },
+                None => Mode::Broadcast,
+            };
+            Box::new(fanout.scenes.join(&watch.id, Member { id, mode, outbox }))
+        }
+    }
+}
+
+struct Connection {
+    /// The client's socket; only this task reads or writes it.
+    socket: WebSocket,
+    /// What the topic queued for this client.
+    inbox: Inbox,
+    /// This connection's place in its topic; dropped on the way out.
+    membership: Box<dyn Watching>,
+    /// For error messages about this connection's key.
+    envelope: Envelope,
+    /// Ping period, queue size, write timeout.
+    settings: ConnectionSettings,
+    /// Counts what the connection sees.
+    metrics: Arc<Metrics>,
+}
+
+impl Connection {
+    async fn run(&mut self, shutdown: &CancellationToken) -> Ending {
+        let period = self.settings.ping_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + period, period);
+        let mut last_heard = Instant::now();
+        loop {
+            let step = tokio::select! {
+                () = shutdown.cancelled() => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
+                () = self.inbox.too_slow.cancelled() => Err(Ending::Close(close::TRY_AGAIN_LATER, "client too slow")),
+                frame = self.inbox.frames.recv() => match frame {
+                    Some(frame) => self.write_batch(frame).await,
+                    None => Err(Ending::Close(close::INTERNAL, "topic ended")),
+                },
+                message = self.socket.recv() => match message {
+                    Some(Ok(message)) => {
+                        last_heard = Instant::now();
+                        self.on_message(message).await
+                    }
+                    Some(Err(error)) => Err(read_error(error)),
+                    None => Err(Ending::Gone),
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= period * 3 {
+                        tracing::debug!("no sign of life for three ping periods; dropping the connection");
+                        Err(Ending::Gone)
+                    } else {
+                        self.write(Message::Ping(Default::default())).await
+                    }
+                }
+            };
+            if let Err(ending) = step {
+                return ending;
+            }
+        }
+    }
+
+    async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
+        let reply = match message {
+            Message::Text(text) => match messages::parse_client_text(text.as_str()) {
+                Ok(ClientRequest::TextPing) => Some(Frame::Text(Utf8Bytes::from_static("pong"))),
+                Ok(ClientRequest::Ping) => Some(messages::pong()),
+                Ok(ClientRequest::GetStatus) => {
+                    self.membership.request_status();
+                    None
+                }
+                Err(error) => Some(self.envelope.error(&error.to_string())),
+            },
+            Message::Binary(_) => {
+                Some(self.envelope.error(&ClientMessageError::Binary.to_string()))
+            }
+            // tungstenite answers Pings itself; a Pong is just a sign of life.
+            Message::Ping(_) | Message::Pong(_) => None,
+            // tungstenite queues the close reply; the next read completes the handshake.
+            Message::Close(_) => return self.socket.flush().await.map_err(|_| Ending::Gone),
+        };
+        match reply {
+            Some(frame) => self.write(Message::Text(frame_text(frame))).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `first` and whatever else is queued, then flushes once.
+    async fn write_batch(&mut self, first: Frame) -> Result<(), Ending> {
+        let socket = &mut self.socket;
+        let inbox = &mut self.inbox;
+        let written = timeout(self.settings.write_timeout, async {
+            socket.feed(Message::Text(frame_text(first))).await?;
+            for _ in 1..MAX_BATCH {
+                match inbox.frames.try_recv() {
+                    Ok(frame) => socket.feed(Message::Text(frame_text(frame))).await?,
+                    Err(_) => break,
+                }
+            }
+            socket.flush().await
+        })
+        .await;
+        settle(written, &self.metrics)
+    }
+
+    async fn write(&mut self, message: Message) -> Result<(), Ending> {
+        let written = timeout(self.settings.write_timeout, self.socket.send(message)).await;
+        settle(written, &self.metrics)
+    }
+}
+
+fn settle(
+    written: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+    metrics: &Metrics,
+) -> Result<(), Ending> {
+    match written {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ending::Gone),
+        Err(_) => {
+            tracing::debug!("a write did not finish in time; dropping the connection");
+            metrics.slow_clients_closed.inc();
+            Err(Ending::Gone)
+        }
+    }
+}
+
+fn frame_text(frame: Frame) -> Utf8Bytes {
+    frame.into_text()
+}
+
+/// Maps a read error to how the connection ends: an oversized frame is answered with 1009.
+fn read_error(error: axum::Error) -> Ending {
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Ending::Close(close::TOO_BIG, "message too big"),
+        Some(tungstenite::Error::Protocol(_)) => Ending::Close(1002, "protocol error"),
+        _ => Ending::Gone,
+    }
+}
+
+/// Sends a close frame and waits briefly for the client's reply, so it sees a clean close.
+async fn close_socket(mut socket: WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
+}

@@ -1,0 +1,8 @@
+//! The WebSocket transport: which endpoint a request names, whether its parameters are valid,
+//! and the per-connection loop.
+
+pub mod connection;
+pub mod endpoint;
+
+pub use connection::{close, ConnectionSettings};
+pub use endpoint::{Endpoint, InvalidRequest, Watch};
