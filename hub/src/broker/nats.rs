@@ -13,6 +13,9 @@ use super::{Broker, BrokerError, BrokerEvent, Subscription};
 /// Messages a subscription may hold before NATS reports a slow consumer and drops the rest.
 const SUBSCRIPTION_CAPACITY: usize = 8192;
 
+/// How long a new subscription waits for the server to confirm it.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The longest wait between two reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
@@ -70,6 +73,9 @@ impl Broker for NatsBroker {
             .subscribe(subject)
             .await
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        // A round trip makes sure the server has the subscription before the caller counts on
+        // it; while disconnected, the client resubscribes on reconnect anyway.
+        let _ = tokio::time::timeout(CONFIRM_TIMEOUT, self.client.flush()).await;
         Ok(subscriber.map(|message| message.payload).boxed())
     }
 

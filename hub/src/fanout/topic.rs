@@ -187,7 +187,6 @@ impl<V: View> Topic<V> {
     pub async fn run(mut self) {
         let kind = V::KIND.label();
         tracing::debug!(kind, id = %self.id, "watching");
-        self.context.metrics.subscriptions.inc();
         self.request_snapshot().await;
         loop {
             tokio::select! {
@@ -202,6 +201,7 @@ impl<V: View> Topic<V> {
                     None => {
                         tracing::warn!(kind, id = %self.id, "subscription ended; resubscribing");
                         self.events = None;
+                        self.context.metrics.subscriptions.dec();
                         self.start_loading().await;
                     }
                 },
@@ -214,7 +214,9 @@ impl<V: View> Topic<V> {
                 }
             }
         }
-        self.context.metrics.subscriptions.dec();
+        if self.events.is_some() {
+            self.context.metrics.subscriptions.dec();
+        }
         tracing::debug!(kind, id = %self.id, "no longer watched");
     }
 
@@ -534,7 +536,10 @@ impl<V: View> Topic<V> {
         if self.events.is_none() {
             let subject = view::event_subject(V::KIND, &context.subjects, &self.id);
             match context.broker.subscribe(subject).await {
-                Ok(subscription) => self.events = Some(subscription),
+                Ok(subscription) => {
+                    self.events = Some(subscription);
+                    context.metrics.subscriptions.inc();
+                }
                 Err(error) => {
                     loading.failures += 1;
                     loading.retry = Some(Box::pin(sleep(retry_delay(loading.failures))));

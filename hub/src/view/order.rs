@@ -121,7 +121,7 @@ mod tests {
             layer_index: layer,
             id: id.into(),
         };
-        let mut list = vec![
+        let mut list = [
             at("S10", 1, "a"),
             at("S2", 2, "b"),
             at("S2", 1, "z"),

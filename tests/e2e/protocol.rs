@@ -1,0 +1,307 @@
+//! What every endpoint shares: heartbeats, client message errors, validation and close codes,
+//! the frame limit, liveness, probes and shutdown.
+
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::Message;
+use vwed_e2e::{http_get, http_request, location, Client, Nats, Owner, Received, TestHub};
+use vwed_publisher::{TaskResult, TaskStatus};
+
+const ENDPOINTS: [&str; 4] = [
+    "/ws/task-execution/t-1",
+    "/ws/task-execution-broadcast/t-1",
+    "/ws/storage-location/s-1",
+    "/ws/storage-location-broadcast/s-1",
+];
+
+async fn start() -> (Nats, Owner, TestHub) {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner
+        .seed_task("t-1", vec![TaskResult::now("[a] 1", TaskStatus::Success)])
+        .await;
+    owner
+        .seed_scene("s-1", vec![location("s-1", "l-1", "A1", "S1", 1)])
+        .await;
+    let hub = TestHub::start(&nats).await;
+    (nats, owner, hub)
+}
+
+/// Connects and consumes the initial state of realtime endpoints.
+async fn connect_settled(hub: &TestHub, path: &str) -> Client {
+    let mut client = Client::connect(hub, path).await;
+    if !path.contains("broadcast") {
+        let first = client.next_json().await;
+        assert!(
+            first["type"].as_str().unwrap().ends_with("_update"),
+            "{first}"
+        );
+    }
+    client
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_ping_forms_on_every_endpoint() {
+    let (_nats, _owner, hub) = start().await;
+    for path in ENDPOINTS {
+        let mut client = connect_settled(&hub, path).await;
+        client.send_text("ping").await;
+        assert_eq!(client.next().await, Received::Text("pong".into()), "{path}");
+        client
+            .send_text(r#"{"type":"ping","timestamp":"2025-06-11T12:00:00.000Z"}"#)
+            .await;
+        let pong = client.next_json().await;
+        assert_eq!(pong["type"], "pong", "{path}");
+        assert_eq!(pong.as_object().unwrap().len(), 2, "{pong}");
+        assert_eq!(pong["timestamp"].as_str().unwrap().len(), 24);
+        client.send_text(r#"{"type":"ping"}"#).await;
+        assert_eq!(client.next_json().await["type"], "pong");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_client_messages_get_an_error_and_the_connection_stays() {
+    let (_nats, _owner, hub) = start().await;
+    for path in ENDPOINTS {
+        let mut client = connect_settled(&hub, path).await;
+        let id_field = if path.contains("task") {
+            "task_record_id"
+        } else {
+            "scene_id"
+        };
+        let id = if path.contains("task") { "t-1" } else { "s-1" };
+        let bad: Vec<(Message, &str)> = vec![
+            (Message::Text("{not json".into()), "JSON"),
+            (Message::Text("PING".into()), "JSON"),
+            (Message::Text(r#"{"kind":"ping"}"#.into()), "JSON"),
+            (
+                Message::Text(r#"{"type":"subscribe"}"#.into()),
+                "未知的消息类型: subscribe",
+            ),
+            (Message::Binary(vec![1, 2, 3].into()), "二进制"),
+        ];
+        for (message, expected) in bad {
+            client.send(message).await;
+            let error = client.next_of_type("error").await;
+            assert_eq!(error[id_field], id, "{path}: {error}");
+            assert!(
+                error["message"].as_str().unwrap().contains(expected),
+                "{path}: {error}"
+            );
+            assert_eq!(error.as_object().unwrap().len(), 4, "{error}");
+        }
+        client.send_text("ping").await;
+        assert_eq!(
+            client.next().await,
+            Received::Text("pong".into()),
+            "{path} stays open"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_parameters_get_one_error_then_1008() {
+    let (_nats, _owner, hub) = start().await;
+    let long_id = "x".repeat(257);
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            "/ws/task-execution/t-1?interval=0".into(),
+            "task_record_id",
+            "interval",
+        ),
+        (
+            "/ws/task-execution/t-1?interval=31".into(),
+            "task_record_id",
+            "interval",
+        ),
+        (
+            "/ws/task-execution/t-1?interval=-1".into(),
+            "task_record_id",
+            "interval",
+        ),
+        (
+            "/ws/task-execution/t-1?interval=2.5".into(),
+            "task_record_id",
+            "interval",
+        ),
+        (
+            "/ws/task-execution/t-1?interval=abc".into(),
+            "task_record_id",
+            "interval",
+        ),
+        (
+            "/ws/task-execution/t-1?interval=".into(),
+            "task_record_id",
+            "interval",
+        ),
+        (
+            "/ws/task-execution/t-1?interval=2&interval=3".into(),
+            "task_record_id",
+            "重复",
+        ),
+        (
+            "/ws/storage-location/s-1?interval=100".into(),
+            "scene_id",
+            "1 到 30",
+        ),
+        (
+            "/ws/storage-location/s-1?is_occupied=yes".into(),
+            "scene_id",
+            "is_occupied",
+        ),
+        (
+            "/ws/storage-location/s-1?is_locked=".into(),
+            "scene_id",
+            "is_locked",
+        ),
+        (
+            "/ws/storage-location/s-1?is_disabled=2".into(),
+            "scene_id",
+            "true、false、1、0",
+        ),
+        ("/ws/task-execution/".into(), "task_record_id", "不能为空"),
+        (
+            "/ws/storage-location-broadcast/".into(),
+            "scene_id",
+            "不能为空",
+        ),
+        (
+            format!("/ws/task-execution/{long_id}"),
+            "task_record_id",
+            "256",
+        ),
+        ("/ws/storage-location/a%0Ab".into(), "scene_id", "控制字符"),
+        (
+            "/ws/task-execution-broadcast/%FF%FE".into(),
+            "task_record_id",
+            "UTF-8",
+        ),
+    ];
+    for (path, id_field, expected) in cases {
+        let mut client = Client::connect(&hub, &path).await;
+        let error = client.next_of_type("error").await;
+        assert!(error.get(id_field).is_some(), "{path}: {error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{path}: {message}");
+        assert_eq!(client.close_code().await, 1008, "{path}");
+    }
+    // The hub is unharmed.
+    let mut client = connect_settled(&hub, ENDPOINTS[0]).await;
+    client.send_text("ping").await;
+    assert_eq!(client.next().await, Received::Text("pong".into()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frame_over_64_kib_closes_with_1009() {
+    let (_nats, _owner, hub) = start().await;
+    let mut other = connect_settled(&hub, ENDPOINTS[3]).await;
+    let mut client = connect_settled(&hub, ENDPOINTS[0]).await;
+    let just_fits = format!(
+        r#"{{"type":"ping","pad":"{}"}}"#,
+        "x".repeat(64 * 1024 - 30)
+    );
+    assert!(just_fits.len() <= 64 * 1024);
+    client.send_text(&just_fits).await;
+    assert_eq!(client.next_json().await["type"], "pong");
+    client.send_text(&"x".repeat(64 * 1024 + 1)).await;
+    assert_eq!(client.close_code().await, 1009);
+    // Other clients do not notice.
+    other.send_text("ping").await;
+    assert_eq!(other.next().await, Received::Text("pong".into()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_and_unknown_paths() {
+    let (_nats, _owner, hub) = start().await;
+    for path in ENDPOINTS {
+        let (status, body) = http_get(hub.addr(), path).await;
+        assert!(status == 400 || status == 426, "{path}: {status}");
+        assert!(!body.is_empty());
+    }
+    for path in [
+        "/",
+        "/ws",
+        "/ws/",
+        "/ws/unknown/x",
+        "/ws/task-execution/a/b",
+        "/wss/task-execution/x",
+        "/favicon.ico",
+    ] {
+        assert_eq!(http_get(hub.addr(), path).await.0, 404, "{path}");
+    }
+    let bad_version = "GET /ws/task-execution/t-1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    assert_eq!(http_request(hub.addr(), bad_version).await.0, 400);
+    let no_key = "GET /ws/task-execution/t-1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    assert_eq!(http_request(hub.addr(), no_key).await.0, 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_and_metrics() {
+    let (_nats, _owner, hub) = start().await;
+    assert_eq!(http_get(hub.addr(), "/healthz").await, (200, "ok".into()));
+    assert_eq!(http_get(hub.addr(), "/readyz").await.0, 200);
+    let _client = connect_settled(&hub, ENDPOINTS[2]).await;
+    assert_eq!(
+        hub.metric(r#"vwed_hub_connections{endpoint="storage-location"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(hub.metric("vwed_hub_broker_connected").await, 1.0);
+    let (status, body) = http_get(hub.addr(), "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("# TYPE vwed_hub_messages_delivered counter"),
+        "{body}"
+    );
+    assert!(body.trim_end().ends_with("# EOF"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_are_dropped_and_their_resources_freed() {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner.seed_task("t-1", vec![]).await;
+    let hub = TestHub::start_with(&nats, |c| c.ping_interval = Duration::from_millis(200)).await;
+
+    // This client reads (and so answers pings); the other never reads again.
+    let mut alive = Client::connect(&hub, "/ws/task-execution-broadcast/t-1").await;
+    let silent = Client::connect(&hub, "/ws/task-execution/t-1").await;
+    vwed_e2e::eventually("both are counted", || async {
+        hub.metric(r#"vwed_hub_connections{endpoint="task-execution"}"#)
+            .await
+            == 1.0
+            && hub
+                .metric(r#"vwed_hub_connections{endpoint="task-execution-broadcast"}"#)
+                .await
+                == 1.0
+    })
+    .await;
+    alive.expect_silence(Duration::from_millis(1500)).await;
+    vwed_e2e::eventually("the silent one is gone", || async {
+        hub.metric(r#"vwed_hub_connections{endpoint="task-execution"}"#)
+            .await
+            == 0.0
+    })
+    .await;
+    assert_eq!(
+        hub.metric(r#"vwed_hub_connections{endpoint="task-execution-broadcast"}"#)
+            .await,
+        1.0
+    );
+    alive.send_text("ping").await;
+    assert_eq!(alive.next().await, Received::Text("pong".into()));
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_closes_every_client_with_1001() {
+    let (_nats, _owner, mut hub) = start().await;
+    let mut clients = Vec::new();
+    for path in ENDPOINTS {
+        clients.push(connect_settled(&hub, path).await);
+    }
+    hub.shutdown().await;
+    for mut client in clients {
+        assert_eq!(client.close_code().await, 1001);
+    }
+}

@@ -1,0 +1,285 @@
+//! Faults: snapshots racing events, owners missing, NATS gone and back, malformed events.
+
+use std::time::Duration;
+
+use vwed_e2e::{free_port, http_get, location, Client, Nats, Owner, Received, TestHub};
+use vwed_publisher::{StatusAction, TaskResult, TaskStatus};
+
+/// Publishes raw bytes on a subject, as a broken publisher might.
+async fn raw_publish(client: &async_nats::Client, subject: String, payload: &[u8]) {
+    client
+        .publish(subject, payload.to_vec().into())
+        .await
+        .expect("publish");
+    client.flush().await.expect("flush");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_racing_a_snapshot_merge_exactly() {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner
+        .seed_task("race", vec![TaskResult::now("[a] 0", TaskStatus::Running)])
+        .await;
+    // The snapshot leaves a second after the owner read its state; events are published meanwhile.
+    owner.delay_replies(Duration::from_secs(1));
+    let hub = TestHub::start_with(&nats, |c| c.snapshot_timeout = Duration::from_secs(5)).await;
+
+    let mut realtime = Client::connect(&hub, "/ws/task-execution/race?interval=1").await;
+    hub.wait_for_subscriptions(1).await;
+    let mut broadcast = Client::connect(&hub, "/ws/task-execution-broadcast/race").await;
+    broadcast.send_text("ping").await;
+    assert_eq!(broadcast.next().await, Received::Text("pong".into()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 1..=3 {
+        owner
+            .append("race", &format!("[b] {n}"), TaskStatus::Running)
+            .await;
+    }
+
+    // The first state the client sees already holds every result, each once.
+    let first = realtime.next_of_type("task_execution_update").await;
+    assert_eq!(first["data"], owner.task_data("race").await);
+    assert_eq!(first["data"].as_array().unwrap().len(), 4);
+    // Broadcast clients got the events as they happened, while the snapshot was on its way.
+    for n in 1..=3 {
+        let event = broadcast.next_of_type("task_execution_update").await;
+        assert_eq!(event["data"][0]["context"], format!("[b] {n}"));
+    }
+    realtime.expect_silence(Duration::from_millis(2500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_owner_gets_an_error_and_the_state_once_it_answers() {
+    let nats = Nats::start().await;
+    let mut owner = Owner::start_silent(&nats.url()).await;
+    owner
+        .seed_scene("s-late", vec![location("s-late", "l-1", "A1", "S1", 1)])
+        .await;
+    let hub = TestHub::start(&nats).await;
+
+    let mut client = Client::connect(&hub, "/ws/storage-location/s-late?interval=1").await;
+    let error = client.next_of_type("error").await;
+    assert_eq!(error["scene_id"], "s-late");
+    assert!(
+        error["message"].as_str().unwrap().contains("正在重试"),
+        "{error}"
+    );
+    client.send_text("ping").await;
+    assert_eq!(client.next().await, Received::Text("pong".into()));
+
+    owner.answer_snapshots().await;
+    let update = client.next_of_type("storage_location_update").await;
+    assert_eq!(
+        update["data"]["storage_locations"],
+        owner.scene_locations("s-late", |_| true).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_owner_times_out_and_is_retried() {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner
+        .seed_task("slow", vec![TaskResult::now("[a] 1", TaskStatus::Running)])
+        .await;
+    owner.delay_replies(Duration::from_secs(2));
+    let hub = TestHub::start_with(&nats, |c| c.snapshot_timeout = Duration::from_millis(300)).await;
+
+    let mut client = Client::connect(&hub, "/ws/task-execution/slow").await;
+    let error = client.next_of_type("error").await;
+    assert!(
+        error["message"].as_str().unwrap().contains("正在重试"),
+        "{error}"
+    );
+    owner.delay_replies(Duration::ZERO);
+    let update = client.next_of_type("task_execution_update").await;
+    assert_eq!(update["data"], owner.task_data("slow").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_stay_connected_through_a_nats_restart_and_end_with_the_owners_state() {
+    let mut nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner
+        .seed_task("t-r", vec![TaskResult::now("[a] 1", TaskStatus::Running)])
+        .await;
+    owner
+        .seed_scene(
+            "s-r",
+            vec![
+                location("s-r", "l-1", "A1", "S1", 1),
+                location("s-r", "l-2", "A1", "S1", 2),
+            ],
+        )
+        .await;
+    let hub = TestHub::start(&nats).await;
+    let mut task = Client::connect(&hub, "/ws/task-execution/t-r?interval=1").await;
+    let mut scene = Client::connect(&hub, "/ws/storage-location/s-r?interval=1").await;
+    task.next_of_type("task_execution_update").await;
+    scene.next_of_type("storage_location_update").await;
+
+    nats.stop().await;
+    assert_eq!(
+        http_get(hub.addr(), "/readyz").await.0,
+        503,
+        "not ready without NATS"
+    );
+    // While NATS is down the owner's state moves on; no event about it reaches the hub.
+    owner
+        .seed_task(
+            "t-r",
+            vec![
+                TaskResult::now("[a] 1", TaskStatus::Running),
+                TaskResult::now("[a] 1", TaskStatus::Success),
+            ],
+        )
+        .await;
+    let mut moved = location("s-r", "l-2", "A1", "S1", 2);
+    moved.is_occupied = true;
+    owner
+        .seed_scene("s-r", vec![location("s-r", "l-1", "A1", "S1", 1), moved])
+        .await;
+    nats.restart().await;
+    hub.wait_until_ready().await;
+
+    let update = task.next_of_type("task_execution_update").await;
+    assert_eq!(update["data"], owner.task_data("t-r").await);
+    let update = scene.next_of_type("storage_location_update").await;
+    assert_eq!(
+        update["data"]["storage_locations"],
+        owner.scene_locations("s-r", |_| true).await
+    );
+
+    // Events flow again after the restart.
+    owner
+        .change_status("s-r", "l-1", StatusAction::Lock, |l| l.is_locked = true)
+        .await;
+    let change = scene.next_of_type("storage_location_status_change").await;
+    assert_eq!(change["new_status"]["id"], "l-1");
+    let update = scene.next_of_type("storage_location_update").await;
+    assert_eq!(
+        update["data"]["storage_locations"],
+        owner.scene_locations("s-r", |_| true).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_events_are_dropped_and_the_hub_carries_on() {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner
+        .seed_task("t-m", vec![TaskResult::now("[a] 1", TaskStatus::Running)])
+        .await;
+    let hub = TestHub::start(&nats).await;
+    let mut realtime = Client::connect(&hub, "/ws/task-execution/t-m?interval=1").await;
+    let mut broadcast = Client::connect(&hub, "/ws/task-execution-broadcast/t-m").await;
+    realtime.next_of_type("task_execution_update").await;
+    hub.wait_for_subscriptions(1).await;
+
+    let client = owner.publisher().client();
+    let subject = owner.publisher().subjects().task_events("t-m");
+    let garbage: [&[u8]; 7] = [
+        b"not json",
+        b"{}",
+        br#"{"task_record_id":"t-m","op":"append","index":1,"results":[]}"#,
+        br#"{"task_record_id":"t-m","rev":"9","op":"replace","results":[]}"#,
+        br#"{"task_record_id":"t-m","rev":99999999999999999,"op":"replace","results":[{"status":"DONE"}]}"#,
+        br#"{"task_record_id":"other","rev":99999999999999999,"op":"replace","results":[]}"#,
+        &[0xff, 0xfe, 0x00],
+    ];
+    for payload in garbage {
+        raw_publish(client, subject.clone(), payload).await;
+    }
+    let huge = format!(
+        r#"{{"task_record_id":"t-m","rev":1,"op":"replace","results":[{}]}}"#,
+        vec![r#"{"created_at":"x","context":"y"}"#; 20_000].join(",")
+    );
+    raw_publish(client, subject, huge.as_bytes()).await;
+    broadcast.expect_silence(Duration::from_millis(800)).await;
+    realtime.expect_silence(Duration::from_millis(1500)).await;
+
+    owner.append("t-m", "[b] 2", TaskStatus::Success).await;
+    let event = broadcast.next_of_type("task_execution_update").await;
+    assert_eq!(event["data"][0]["context"], "[b] 2");
+    let update = realtime.next_of_type("task_execution_update").await;
+    assert_eq!(update["data"], owner.task_data("t-m").await);
+    assert!(
+        hub.metric(r#"vwed_hub_events_rejected_total{kind="task",reason="malformed"}"#)
+            .await
+            >= 7.0
+    );
+    assert_eq!(
+        hub.metric(r#"vwed_hub_events_rejected_total{kind="task",reason="wrong_key"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_nats_a_new_client_is_told_to_come_back_later() {
+    let unreachable = format!("nats://127.0.0.1:{}", free_port());
+    let hub = TestHub::launch(&unreachable, |_| {}).await;
+    assert_eq!(http_get(hub.addr(), "/healthz").await.0, 200);
+    assert_eq!(http_get(hub.addr(), "/readyz").await.0, 503);
+    let mut client = Client::connect(&hub, "/ws/task-execution/t-1").await;
+    let error = client.next_of_type("error").await;
+    assert_eq!(error["task_record_id"], "t-1");
+    assert_eq!(client.close_code().await, 1013);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_with_an_old_rev_change_nothing() {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner
+        .seed_scene("s-old", vec![location("s-old", "l-1", "A1", "S1", 1)])
+        .await;
+    let hub = TestHub::start(&nats).await;
+    let mut realtime = Client::connect(&hub, "/ws/storage-location/s-old?interval=1").await;
+    let mut broadcast = Client::connect(&hub, "/ws/storage-location-broadcast/s-old").await;
+    realtime.next_of_type("storage_location_update").await;
+    hub.wait_for_subscriptions(1).await;
+    owner
+        .change_status("s-old", "l-1", StatusAction::Lock, |l| l.is_locked = true)
+        .await;
+    broadcast
+        .next_of_type("storage_location_status_change")
+        .await;
+    realtime
+        .next_of_type("storage_location_status_change")
+        .await;
+    let current = realtime.next_of_type("storage_location_update").await;
+
+    // A late message from before all that: it would occupy l-1, but its rev is old.
+    let stale = vwed_publisher::SceneEvent {
+        scene_id: "s-old".into(),
+        rev: 1,
+        change: vwed_publisher::SceneChange::StatusChange {
+            layer_name: "S1-1".into(),
+            action: StatusAction::Occupy,
+            timestamp: vwed_publisher::timestamp_now(),
+            new_status: vwed_publisher::LocationStatus {
+                is_occupied: true,
+                ..location("s-old", "l-1", "A1", "S1", 1).status()
+            },
+        },
+    };
+    owner
+        .publisher()
+        .publish_scene(&stale)
+        .await
+        .expect("publish");
+    owner.publisher().flush().await.expect("flush");
+    broadcast.expect_silence(Duration::from_millis(500)).await;
+    realtime.expect_silence(Duration::from_millis(1500)).await;
+    realtime.send_text(r#"{"type":"get_status"}"#).await;
+    let now = realtime.next_of_type("storage_location_update").await;
+    assert_eq!(now["data"], current["data"]);
+    assert_eq!(
+        now["data"]["storage_locations"],
+        owner.scene_locations("s-old", |_| true).await
+    );
+    assert_eq!(now["data"]["storage_locations"][0]["is_occupied"], false);
+    assert!(hub.metric("vwed_hub_events_stale_total").await >= 1.0);
+}

@@ -1,0 +1,367 @@
+//! Endpoints 3 and 4: storage locations, realtime (filtered) and broadcast.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use vwed_e2e::{location, Client, Nats, Owner, Received, TestHub};
+use vwed_publisher::{StatusAction, StorageLocation};
+
+/// A scene with two areas, stations that sort naturally (S2 before S10), and some flags set.
+fn warehouse(scene: &str) -> Vec<StorageLocation> {
+    let mut locations = vec![
+        location(scene, "l-10-1", "A1", "S10", 1),
+        location(scene, "l-2-2", "A1", "S2", 2),
+        location(scene, "l-2-1", "A1", "S2", 1),
+        location(scene, "l-1-1", "A1", "S1", 1),
+        location(scene, "l-b-1", "A2", "B1", 1),
+        location(scene, "l-b-2", "A2", "B1", 2),
+    ];
+    locations[1].is_occupied = true;
+    locations[1].goods_content = Some("托盘".into());
+    locations[3].is_locked = true;
+    locations[3].locked_by = Some("agv-7".into());
+    locations[5].is_disabled = true;
+    locations[4].is_occupied = true;
+    locations
+}
+
+fn ids(data: &Value) -> Vec<String> {
+    data["storage_locations"]
+        .as_array()
+        .expect("a location list")
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Checks every field of a `storage_location_update` and returns its `data`.
+fn update_data(message: &Value, scene: &str) -> Value {
+    let object = message.as_object().expect("an object");
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["data", "message", "scene_id", "timestamp", "type"],
+        "{message}"
+    );
+    assert_eq!(message["type"], "storage_location_update");
+    assert_eq!(message["scene_id"], scene);
+    assert_eq!(message["message"], "成功获取库位状态");
+    let mut data_keys: Vec<&str> = message["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    data_keys.sort_unstable();
+    assert_eq!(
+        data_keys,
+        [
+            "page",
+            "page_size",
+            "storage_locations",
+            "total",
+            "total_pages"
+        ]
+    );
+    message["data"].clone()
+}
+
+async fn start(scene: &str) -> (Nats, Owner, TestHub) {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner.seed_scene(scene, warehouse(scene)).await;
+    let hub = TestHub::start(&nats).await;
+    (nats, owner, hub)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn realtime_sends_every_location_in_natural_order_on_connect() {
+    let (_nats, owner, hub) = start("s-1").await;
+    let mut client = Client::connect(&hub, "/ws/storage-location/s-1").await;
+    let data = update_data(&client.next_json().await, "s-1");
+    assert_eq!(
+        ids(&data),
+        ["l-b-1", "l-b-2", "l-1-1", "l-2-1", "l-2-2", "l-10-1"]
+    );
+    assert_eq!(data["total"], 6);
+    assert_eq!(data["page"], 1);
+    assert_eq!(data["page_size"], 1000);
+    assert_eq!(data["total_pages"], 1);
+    assert_eq!(
+        data["storage_locations"],
+        owner.scene_locations("s-1", |_| true).await
+    );
+    let first = data["storage_locations"][0].as_object().unwrap();
+    assert_eq!(first.len(), 27);
+    assert_eq!(first["goods_weight"], Value::Null);
+    assert_eq!(first["max_weight"], 5000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_filter_alone_and_combined() {
+    let (_nats, _owner, hub) = start("s-f").await;
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("storage_area_id=A2", vec!["l-b-1", "l-b-2"]),
+        ("station_name=S2", vec!["l-2-1", "l-2-2"]),
+        ("layer_name=S10-1", vec!["l-10-1"]),
+        ("is_occupied=true", vec!["l-b-1", "l-2-2"]),
+        ("is_occupied=0", vec!["l-b-2", "l-1-1", "l-2-1", "l-10-1"]),
+        ("is_locked=TRUE", vec!["l-1-1"]),
+        ("is_disabled=1", vec!["l-b-2"]),
+        (
+            "is_disabled=false",
+            vec!["l-b-1", "l-1-1", "l-2-1", "l-2-2", "l-10-1"],
+        ),
+        (
+            "storage_area_id=A1&is_occupied=false",
+            vec!["l-1-1", "l-2-1", "l-10-1"],
+        ),
+        (
+            "storage_area_id=A1&station_name=S2&is_occupied=true",
+            vec!["l-2-2"],
+        ),
+        (
+            "storage_area_id=A2&is_occupied=true&is_disabled=true",
+            vec![],
+        ),
+        ("storage_area_id=a1", vec![]),
+        (
+            "station_name=&interval=5",
+            vec!["l-b-1", "l-b-2", "l-1-1", "l-2-1", "l-2-2", "l-10-1"],
+        ),
+    ];
+    for (query, expected) in cases {
+        let mut client = Client::connect(&hub, &format!("/ws/storage-location/s-f?{query}")).await;
+        let data = update_data(&client.next_json().await, "s-f");
+        assert_eq!(ids(&data), expected, "{query}");
+        assert_eq!(data["total"], expected.len(), "{query}");
+        assert_eq!(data["total_pages"], 1, "{query}");
+        client.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_changes_reach_filters_that_match_before_or_after() {
+    let (_nats, owner, hub) = start("s-c").await;
+    let mut free = Client::connect(
+        &hub,
+        "/ws/storage-location/s-c?is_occupied=false&interval=1",
+    )
+    .await;
+    let mut occupied =
+        Client::connect(&hub, "/ws/storage-location/s-c?is_occupied=true&interval=1").await;
+    let mut other_area = Client::connect(
+        &hub,
+        "/ws/storage-location/s-c?storage_area_id=A2&interval=1",
+    )
+    .await;
+    for client in [&mut free, &mut occupied, &mut other_area] {
+        client.next_of_type("storage_location_update").await;
+    }
+
+    owner
+        .change_status("s-c", "l-2-1", StatusAction::Occupy, |l| {
+            l.is_occupied = true;
+            l.goods_content = Some("纸箱".into());
+        })
+        .await;
+
+    let expected_status = {
+        let all = owner.scene_locations("s-c", |l| l.id == "l-2-1").await;
+        let l = &all[0];
+        json!({
+            "id": "l-2-1", "is_occupied": true, "is_locked": false, "is_disabled": false,
+            "is_empty_tray": false, "locked_by": null, "goods_content": "纸箱",
+            "last_access_at": l["last_access_at"], "updated_at": l["updated_at"],
+        })
+    };
+    for client in [&mut free, &mut occupied] {
+        let change = client.next_of_type("storage_location_status_change").await;
+        let mut keys: Vec<&String> = change.as_object().unwrap().keys().collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "action",
+                "layer_name",
+                "new_status",
+                "scene_id",
+                "timestamp",
+                "type"
+            ]
+        );
+        assert_eq!(change["scene_id"], "s-c");
+        assert_eq!(change["layer_name"], "S2-1");
+        assert_eq!(change["action"], "OCCUPY");
+        assert_eq!(change["new_status"], expected_status);
+    }
+    // Then, within an interval, each filtered view shows the new state.
+    let free_now = update_data(&free.next_json().await, "s-c");
+    assert!(!ids(&free_now).contains(&"l-2-1".to_owned()));
+    let occupied_now = update_data(&occupied.next_json().await, "s-c");
+    assert_eq!(ids(&occupied_now), ["l-b-1", "l-2-1", "l-2-2"]);
+    // Area A2 saw nothing: not the change, and no update since its view did not change.
+    other_area.expect_silence(Duration::from_millis(2500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_changes_in_one_interval_give_one_update() {
+    let (_nats, owner, hub) = start("s-q").await;
+    let mut client =
+        Client::connect(&hub, "/ws/storage-location/s-q?station_name=S2&interval=2").await;
+    client.next_of_type("storage_location_update").await;
+    owner
+        .change_status("s-q", "l-2-1", StatusAction::Lock, |l| l.is_locked = true)
+        .await;
+    owner
+        .change_status("s-q", "l-2-1", StatusAction::Unlock, |l| {
+            l.is_locked = false
+        })
+        .await;
+    owner
+        .change_status("s-q", "l-2-2", StatusAction::Release, |l| {
+            l.is_occupied = false
+        })
+        .await;
+
+    let mut changes = 0;
+    let update = loop {
+        let message = client.next_json().await;
+        match message["type"].as_str() {
+            Some("storage_location_status_change") => changes += 1,
+            Some("storage_location_update") => break message,
+            _ => panic!("unexpected {message}"),
+        }
+    };
+    assert_eq!(changes, 3);
+    let data = update_data(&update, "s-q");
+    assert_eq!(
+        data["storage_locations"],
+        owner
+            .scene_locations("s-q", |l| l.station_name == "S2")
+            .await
+    );
+    client.expect_silence(Duration::from_millis(4500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_outside_the_filter_pushes_nothing() {
+    let (_nats, owner, hub) = start("s-n").await;
+    let mut client = Client::connect(
+        &hub,
+        "/ws/storage-location/s-n?storage_area_id=A2&interval=1",
+    )
+    .await;
+    client.next_of_type("storage_location_update").await;
+    owner
+        .change_status("s-n", "l-1-1", StatusAction::Unlock, |l| {
+            l.is_locked = false
+        })
+        .await;
+    owner
+        .upsert("s-n", vec![location("s-n", "l-new", "A1", "S3", 1)])
+        .await;
+    client.expect_silence(Duration::from_millis(2500)).await;
+    owner
+        .upsert("s-n", vec![location("s-n", "l-b-3", "A2", "B1", 3)])
+        .await;
+    let data = update_data(&client.next_json().await, "s-n");
+    assert_eq!(ids(&data), ["l-b-1", "l-b-2", "l-b-3"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broadcast_sends_changes_as_they_happen() {
+    let (_nats, owner, hub) = start("s-b").await;
+    let mut client = Client::connect(&hub, "/ws/storage-location-broadcast/s-b").await;
+    hub.wait_for_subscriptions(1).await;
+    client.expect_silence(Duration::from_millis(500)).await;
+
+    owner
+        .change_status("s-b", "l-b-2", StatusAction::Enable, |l| {
+            l.is_disabled = false
+        })
+        .await;
+    let change = client.next_of_type("storage_location_status_change").await;
+    assert_eq!(change["action"], "ENABLE");
+    assert_eq!(change["new_status"]["is_disabled"], false);
+
+    owner
+        .change_status(
+            "s-b",
+            "l-b-2",
+            StatusAction::Other("MOVE_TRAY".into()),
+            |l| l.is_empty_tray = true,
+        )
+        .await;
+    let change = client.next_of_type("storage_location_status_change").await;
+    assert_eq!(change["action"], "MOVE_TRAY");
+
+    let added = vec![
+        location("s-b", "z-2", "A3", "Z10", 1),
+        location("s-b", "z-1", "A3", "Z9", 1),
+    ];
+    owner.upsert("s-b", added).await;
+    let data = update_data(&client.next_json().await, "s-b");
+    assert_eq!(ids(&data), ["z-1", "z-2"]);
+    assert_eq!(data["total"], 2);
+
+    owner.remove("s-b", &["z-1"]).await;
+    client.expect_silence(Duration::from_millis(700)).await;
+
+    client.send_text(r#"{"type":"get_status"}"#).await;
+    let data = update_data(&client.next_json().await, "s-b");
+    assert_eq!(
+        data["storage_locations"],
+        owner.scene_locations("s-b", |_| true).await
+    );
+    assert_eq!(data["total"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_scene_is_paged() {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    let many: Vec<StorageLocation> = (1..=1201)
+        .map(|i| {
+            location(
+                "big",
+                &format!("l-{i:04}"),
+                "A1",
+                &format!("S{}", i % 50),
+                i,
+            )
+        })
+        .collect();
+    owner.seed_scene("big", many).await;
+    let hub = TestHub::start(&nats).await;
+    let mut client = Client::connect(&hub, "/ws/storage-location/big").await;
+    let data = update_data(&client.next_json().await, "big");
+    assert_eq!(data["total"], 1201);
+    assert_eq!(data["page"], 1);
+    assert_eq!(data["page_size"], 1000);
+    assert_eq!(data["total_pages"], 2);
+    let expected = owner.scene_locations("big", |_| true).await;
+    assert_eq!(
+        data["storage_locations"],
+        json!(expected.as_array().unwrap()[..1000])
+    );
+    let mut filtered = Client::connect(&hub, "/ws/storage-location/big?station_name=S7").await;
+    let data = update_data(&filtered.next_json().await, "big");
+    assert_eq!(data["total"], 24);
+    assert_eq!(data["total_pages"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_status_answers_even_when_nothing_changed() {
+    let (_nats, _owner, hub) = start("s-g").await;
+    let mut client =
+        Client::connect(&hub, "/ws/storage-location/s-g?is_locked=true&interval=30").await;
+    let first = update_data(&client.next_json().await, "s-g");
+    client.send_text(r#"{"type":"get_status"}"#).await;
+    let again = update_data(&client.next_json().await, "s-g");
+    assert_eq!(first, again);
+    assert_eq!(ids(&again), ["l-1-1"]);
+    client.send_text("ping").await;
+    assert_eq!(client.next().await, Received::Text("pong".into()));
+}

@@ -1,0 +1,139 @@
+//! A WebSocket client as a monitoring panel would be, reading one message at a time.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::{TestHub, PATIENCE};
+
+/// What a client saw next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// A JSON text message.
+    Json(Value),
+    /// A text message that is not JSON.
+    Text(String),
+    /// A binary message.
+    Binary(Vec<u8>),
+    /// A close frame with its code and reason.
+    Close(Option<(u16, String)>),
+    /// The connection ended without a close frame.
+    Ended,
+}
+
+/// A connected WebSocket client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    /// Connects to `path` on `hub` (e.g. `/ws/task-execution/t-1?interval=1`).
+    pub async fn connect(hub: &TestHub, path: &str) -> Self {
+        Self::connect_url(&hub.url(path)).await
+    }
+
+    /// Connects to a full `ws://` URL.
+    pub async fn connect_url(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        Self { ws }
+    }
+
+    /// The next message (Ping and Pong frames skipped), failing the test after [`PATIENCE`].
+    pub async fn next(&mut self) -> Received {
+        match self.next_within(PATIENCE).await {
+            Some(received) => received,
+            None => panic!("no message within {PATIENCE:?}"),
+        }
+    }
+
+    /// The next message within `wait`, or `None`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            return Some(match message {
+                Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
+                    Ok(value) => Received::Json(value),
+                    Err(_) => Received::Text(text.as_str().to_owned()),
+                },
+                Some(Ok(Message::Binary(data))) => Received::Binary(data.to_vec()),
+                Some(Ok(Message::Close(frame))) => Received::Close(
+                    frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())),
+                ),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Err(_)) | None => Received::Ended,
+            });
+        }
+    }
+
+    /// The next message, which must be JSON.
+    pub async fn next_json(&mut self) -> Value {
+        match self.next().await {
+            Received::Json(value) => value,
+            other => panic!("expected a JSON message, got {other:?}"),
+        }
+    }
+
+    /// The next message, which must be JSON of `type`.
+    pub async fn next_of_type(&mut self, kind: &str) -> Value {
+        let value = self.next_json().await;
+        assert_eq!(value["type"], kind, "unexpected message: {value}");
+        value
+    }
+
+    /// Fails the test if any message arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(received) = self.next_within(wait).await {
+            panic!("expected no message for {wait:?}, got {received:?}");
+        }
+    }
+
+    /// The close code the server ends the connection with (skipping messages before it).
+    pub async fn close_code(&mut self) -> u16 {
+        loop {
+            let code = match self.next().await {
+                Received::Close(Some((code, _))) => code,
+                Received::Close(None) => 1005,
+                Received::Ended => return 1006,
+                _ => continue,
+            };
+            // Reading on sends tungstenite's close reply and completes the handshake.
+            while let Ok(Some(Ok(_))) = tokio::time::timeout(PATIENCE, self.ws.next()).await {}
+            return code;
+        }
+    }
+
+    /// Sends a text message.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send a text message");
+    }
+
+    /// Sends a raw message.
+    pub async fn send(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send a message");
+    }
+
+    /// Closes the connection normally and waits for the server's reply.
+    pub async fn close(mut self) {
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            }))
+            .await;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(PATIENCE, self.ws.next()).await {}
+    }
+}
