@@ -283,3 +283,53 @@ async fn events_with_an_old_rev_change_nothing() {
     assert_eq!(now["data"]["storage_locations"][0]["is_occupied"], false);
     assert!(hub.metric("vwed_hub_events_stale_total").await >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broadcast_client_that_falls_behind_is_closed_with_1013_and_others_keep_up() {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner.seed_scene("s-slow", vec![]).await;
+    let hub = TestHub::start_with(&nats, |c| {
+        c.client_queue = 4;
+        c.write_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut stalled =
+        Client::connect_with_small_buffer(&hub, "/ws/storage-location-broadcast/s-slow").await;
+    let mut reader = Client::connect(&hub, "/ws/storage-location-broadcast/s-slow").await;
+    hub.wait_for_subscriptions(1).await;
+
+    // About 8 MB of upserts: far more than the socket buffers hold for a client that does not
+    // read while they are published.
+    const EVENTS: usize = 25;
+    let publishing = async {
+        for n in 0..EVENTS {
+            let batch = (0..400)
+                .map(|i| location("s-slow", &format!("l-{n}-{i}"), "A1", &format!("S{n}"), i))
+                .collect();
+            owner.upsert("s-slow", batch).await;
+        }
+    };
+    let reading = async {
+        for n in 0..EVENTS {
+            let update = reader.next_of_type("storage_location_update").await;
+            assert_eq!(update["data"]["total"], 400);
+            assert_eq!(
+                update["data"]["storage_locations"][0]["station_name"],
+                format!("S{n}")
+            );
+        }
+    };
+    let stalled_sees = async {
+        // Once the hub gives up on it, the stalled client reads what reached it, then the close.
+        vwed_e2e::eventually("the hub gives up on the stalled client", || async {
+            hub.metric("vwed_hub_slow_clients_closed_total").await >= 1.0
+        })
+        .await;
+        stalled.close_code().await
+    };
+    let ((), (), code) = tokio::join!(publishing, reading, stalled_sees);
+    assert_eq!(code, 1013);
+    reader.send_text("ping").await;
+    assert_eq!(reader.next().await, Received::Text("pong".into()));
+}

@@ -37,6 +37,18 @@ impl Client {
         Self::connect_url(&hub.url(path)).await
     }
 
+    /// Connects with a 4 KiB socket receive buffer, so that a client that stops reading falls
+    /// behind after little data instead of after megabytes of kernel buffering.
+    pub async fn connect_with_small_buffer(hub: &TestHub, path: &str) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_recv_buffer_size(4096).expect("set SO_RCVBUF");
+        let stream = socket.connect(hub.addr()).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::client_async(hub.url(path), MaybeTlsStream::Plain(stream))
+            .await
+            .expect("handshake");
+        Self { ws }
+    }
+
     /// Connects to a full `ws://` URL.
     pub async fn connect_url(url: &str) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(url)

@@ -121,8 +121,9 @@ pub async fn serve(
         envelope,
         settings,
         metrics: metrics.clone(),
+        shutdown,
     };
-    let ending = connection.run(&shutdown).await;
+    let ending = connection.run().await;
     let Connection {
         socket, membership, ..
     } = connection;
@@ -195,17 +196,21 @@ struct Connection {
     settings: ConnectionSettings,
     /// Counts what the connection sees.
     metrics: Arc<Metrics>,
+    /// Cancelled when the hub drains.
+    shutdown: CancellationToken,
 }
 
 impl Connection {
-    async fn run(&mut self, shutdown: &CancellationToken) -> Ending {
+    async fn run(&mut self) -> Ending {
+        let shutdown = self.shutdown.clone();
+        let too_slow = self.inbox.too_slow.clone();
         let period = self.settings.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + period, period);
         let mut last_heard = Instant::now();
         loop {
             let step = tokio::select! {
                 () = shutdown.cancelled() => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
-                () = self.inbox.too_slow.cancelled() => Err(Ending::Close(close::TRY_AGAIN_LATER, "client too slow")),
+                () = too_slow.cancelled() => Err(Ending::Close(close::TRY_AGAIN_LATER, "client too slow")),
                 frame = self.inbox.frames.recv() => match frame {
                     Some(frame) => self.write_batch(frame).await,
                     None => Err(Ending::Close(close::INTERNAL, "topic ended")),
@@ -260,9 +265,15 @@ impl Connection {
 
     /// Writes `first` and whatever else is queued, then flushes once.
     async fn write_batch(&mut self, first: Frame) -> Result<(), Ending> {
-        let socket = &mut self.socket;
-        let inbox = &mut self.inbox;
-        let written = timeout(self.settings.write_timeout, async {
+        let Self {
+            socket,
+            inbox,
+            settings,
+            metrics,
+            shutdown,
+            ..
+        } = self;
+        let write = async {
             socket.feed(Message::Text(frame_text(first))).await?;
             for _ in 1..MAX_BATCH {
                 match inbox.frames.try_recv() {
@@ -271,29 +282,45 @@ impl Connection {
                 }
             }
             socket.flush().await
-        })
-        .await;
-        settle(written, &self.metrics)
+        };
+        guarded(write, settings, metrics, shutdown, &inbox.too_slow).await
     }
 
     async fn write(&mut self, message: Message) -> Result<(), Ending> {
-        let written = timeout(self.settings.write_timeout, self.socket.send(message)).await;
-        settle(written, &self.metrics)
+        let write = self.socket.send(message);
+        guarded(
+            write,
+            &self.settings,
+            &self.metrics,
+            &self.shutdown,
+            &self.inbox.too_slow,
+        )
+        .await
     }
 }
 
-fn settle(
-    written: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+/// Runs a socket write, bounded by the write timeout, and abandons it when the hub drains or
+/// gives up on the client: tungstenite keeps whole frames in its buffer, so the close frame that
+/// follows still goes out intact if the client ever reads again.
+async fn guarded(
+    write: impl std::future::Future<Output = Result<(), axum::Error>>,
+    settings: &ConnectionSettings,
     metrics: &Metrics,
+    shutdown: &CancellationToken,
+    too_slow: &CancellationToken,
 ) -> Result<(), Ending> {
-    match written {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Ending::Gone),
-        Err(_) => {
-            tracing::debug!("a write did not finish in time; dropping the connection");
-            metrics.slow_clients_closed.inc();
-            Err(Ending::Gone)
-        }
+    tokio::select! {
+        written = timeout(settings.write_timeout, write) => match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ending::Gone),
+            Err(_) => {
+                tracing::debug!("a write did not finish in time; dropping the connection");
+                metrics.slow_clients_closed.inc();
+                Err(Ending::Gone)
+            }
+        },
+        () = shutdown.cancelled() => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
+        () = too_slow.cancelled() => Err(Ending::Close(close::TRY_AGAIN_LATER, "client too slow")),
     }
 }
 
