@@ -305,3 +305,30 @@ async fn shutdown_closes_every_client_with_1001() {
         assert_eq!(client.close_code().await, 1001);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_get_status_costs_the_hub_little_and_others_nothing() {
+    let (_nats, _owner, hub) = start().await;
+    let mut other = connect_settled(&hub, ENDPOINTS[2]).await;
+    let mut flooder = connect_settled(&hub, ENDPOINTS[0]).await;
+    for _ in 0..5000 {
+        flooder.send_text(r#"{"type":"get_status"}"#).await;
+    }
+    flooder.send_text("ping").await;
+    let mut states = 0;
+    loop {
+        match flooder.next().await {
+            Received::Text(pong) if pong == "pong" => break,
+            Received::Json(state) if state["type"] == "task_execution_update" => states += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    while let Some(received) = flooder.next_within(Duration::from_millis(500)).await {
+        assert!(matches!(&received, Received::Json(s) if s["type"] == "task_execution_update"));
+        states += 1;
+    }
+    // Requests that arrive while one is pending are answered together, not queued one by one.
+    assert!((1..5000).contains(&states), "{states} answers");
+    other.send_text(r#"{"type":"get_status"}"#).await;
+    assert_eq!(other.next_json().await["type"], "storage_location_update");
+}

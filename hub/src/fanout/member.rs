@@ -1,6 +1,6 @@
 //! A connection as the fan-out sees it: a bounded queue to push frames into, never to wait on.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 pub type MemberId = u64;
 
 /// A process-wide sequence, so ids never repeat while the hub runs.
-pub fn next_member_id() -> MemberId {
+fn next_member_id() -> MemberId {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
@@ -117,4 +117,19 @@ pub struct Member<F> {
     pub mode: Mode<F>,
     /// Where its frames go.
     pub outbox: Outbox,
+    /// Set while a `get_status` of this member waits in the topic's queue, so that a client
+    /// sending many cannot grow that queue: repeats before the answer are one request.
+    pub status_requested: Arc<AtomicBool>,
+}
+
+impl<F> Member<F> {
+    /// A new member with its own id.
+    pub fn new(mode: Mode<F>, outbox: Outbox) -> Self {
+        Self {
+            id: next_member_id(),
+            mode,
+            outbox,
+            status_requested: Arc::default(),
+        }
+    }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::broker::BrokerEvent;
 use crate::view::{SceneView, TaskView};
 
-pub use member::{next_member_id, outbox, Delivery, Inbox, Member, MemberId, Mode, Outbox};
+pub use member::{outbox, Delivery, Inbox, Member, MemberId, Mode, Outbox};
 pub use registry::{Membership, Registry, TopicContext};
 
 /// Both kinds of topics, and what they share.

@@ -6,7 +6,7 @@
 //! shard lock. So a join that races the last leave either keeps the old topic alive or creates a
 //! new one; it never lands in a topic that is shutting down.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,12 +80,17 @@ pub struct Membership<F> {
     id: MemberId,
     /// The topic's command channel and member counter.
     topic: TopicHandle<F>,
+    /// Shared with the topic: a status request is already on its way.
+    status_requested: Arc<AtomicBool>,
 }
 
 impl<F> Membership<F> {
-    /// Asks the topic to send this member the current state now.
+    /// Asks the topic to send this member the current state now (once, however often it is
+    /// asked before the topic gets to it).
     pub fn request_status(&self) {
-        let _ = self.topic.commands.send(Command::GetStatus(self.id));
+        if !self.status_requested.swap(true, Ordering::AcqRel) {
+            let _ = self.topic.commands.send(Command::GetStatus(self.id));
+        }
     }
 }
 
@@ -109,6 +114,7 @@ impl<V: View> Registry<V> {
     /// Adds `member` to the topic of `id`, creating the topic if nobody watches `id` yet.
     pub fn join(&self, id: &str, member: Member<V::Filter>) -> Membership<V::Filter> {
         let member_id = member.id;
+        let status_requested = member.status_requested.clone();
         let mut command = Command::Join(member);
         loop {
             let topic = {
@@ -124,6 +130,7 @@ impl<V: View> Registry<V> {
                     return Membership {
                         id: member_id,
                         topic,
+                        status_requested,
                     }
                 }
                 Err(mpsc::error::SendError(returned)) => {

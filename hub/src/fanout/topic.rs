@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,6 +132,8 @@ struct Watcher<F> {
     last_sent: Option<u64>,
     /// Its entry in `ticks` (realtime members only).
     tick: Option<delay_queue::Key>,
+    /// Cleared when its status request is taken up, so the next one is sent.
+    status_requested: Arc<AtomicBool>,
 }
 
 /// A filtered state rendered once for every member with the same filter.
@@ -225,6 +228,7 @@ impl<V: View> Topic<V> {
             Command::Join(member) => self.join(member),
             Command::GetStatus(id) => {
                 if let Some(watcher) = self.members.get_mut(&id) {
+                    watcher.status_requested.store(false, Ordering::Release);
                     watcher.needs_state = true;
                     self.deliver_state(id);
                 }
@@ -254,6 +258,7 @@ impl<V: View> Topic<V> {
             told_unavailable: false,
             last_sent: None,
             tick: None,
+            status_requested: member.status_requested,
         };
         if let Mode::Realtime { filter, interval } = &watcher.mode {
             watcher.needs_state = true;

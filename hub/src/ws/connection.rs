@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::endpoint::{Endpoint, InvalidRequest, Watch};
-use crate::fanout::{next_member_id, outbox, FanOut, Inbox, Member, Membership, Mode};
+use crate::fanout::{outbox, FanOut, Inbox, Member, Membership, Mode};
 use crate::messages::{self, ClientMessageError, ClientRequest, Envelope, Frame};
 use crate::metrics::{EndpointLabels, Metrics};
 
@@ -157,7 +157,6 @@ impl<F: Send> Watching for Membership<F> {
 }
 
 fn join(fanout: &FanOut, watch: &Watch, outbox: crate::fanout::Outbox) -> Box<dyn Watching> {
-    let id = next_member_id();
     let interval = watch.interval;
     match watch.endpoint {
         Endpoint::TaskRealtime | Endpoint::TaskBroadcast => {
@@ -168,7 +167,7 @@ fn join(fanout: &FanOut, watch: &Watch, outbox: crate::fanout::Outbox) -> Box<dy
                 },
                 None => Mode::Broadcast,
             };
-            Box::new(fanout.tasks.join(&watch.id, Member { id, mode, outbox }))
+            Box::new(fanout.tasks.join(&watch.id, Member::new(mode, outbox)))
         }
         Endpoint::SceneRealtime | Endpoint::SceneBroadcast => {
             let mode = match interval {
@@ -178,7 +177,7 @@ fn join(fanout: &FanOut, watch: &Watch, outbox: crate::fanout::Outbox) -> Box<dy
                 },
                 None => Mode::Broadcast,
             };
-            Box::new(fanout.scenes.join(&watch.id, Member { id, mode, outbox }))
+            Box::new(fanout.scenes.join(&watch.id, Member::new(mode, outbox)))
         }
     }
 }
