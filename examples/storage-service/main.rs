@@ -72,33 +72,26 @@ fn warehouse(scene: &str) -> Vec<StorageLocation> {
                 let station_name = format!("ST{station}");
                 let now = timestamp_now();
                 locations.push(StorageLocation {
-                    id: format!("{scene}-{station_name}-{layer}"),
-                    layer_index: layer,
                     layer_name: format!("{station_name}-L{layer}"),
                     operate_point_id: Some(format!("AP{station}")),
-                    station_name,
                     storage_location_name: Some(format!("库位{station}-{layer}")),
-                    scene_id: scene.to_owned(),
-                    storage_area_id: area.to_owned(),
                     area_name: Some(format!("{area}库区")),
                     is_occupied: fastrand::bool(),
-                    is_locked: false,
-                    is_disabled: false,
-                    is_empty_tray: false,
-                    locked_by: None,
                     goods_content: Some(String::new()),
-                    goods_weight: None,
-                    goods_volume: None,
-                    goods_stored_at: None,
-                    goods_retrieved_at: None,
                     last_access_at: Some(now.clone()),
                     max_weight: Some(5000),
                     max_volume: Some(1000),
                     layer_height: Some(100),
                     tags: Some(String::new()),
-                    description: None,
                     created_at: Some(now.clone()),
                     updated_at: Some(now),
+                    ..StorageLocation::new(
+                        scene,
+                        format!("{scene}-{station_name}-{layer}"),
+                        area,
+                        station_name,
+                        layer,
+                    )
                 });
             }
         }

@@ -155,6 +155,47 @@ pub struct StorageLocation {
 }
 
 impl StorageLocation {
+    /// A free, unlocked, enabled location with the required fields set and every optional
+    /// field empty; set the rest with struct update syntax.
+    pub fn new(
+        scene_id: impl Into<String>,
+        id: impl Into<String>,
+        storage_area_id: impl Into<String>,
+        station_name: impl Into<String>,
+        layer_index: i64,
+    ) -> Self {
+        let station_name = station_name.into();
+        Self {
+            id: id.into(),
+            layer_index,
+            layer_name: format!("{station_name}-{layer_index}"),
+            operate_point_id: None,
+            station_name,
+            storage_location_name: None,
+            scene_id: scene_id.into(),
+            storage_area_id: storage_area_id.into(),
+            area_name: None,
+            is_occupied: false,
+            is_locked: false,
+            is_disabled: false,
+            is_empty_tray: false,
+            locked_by: None,
+            goods_content: None,
+            goods_weight: None,
+            goods_volume: None,
+            goods_stored_at: None,
+            goods_retrieved_at: None,
+            last_access_at: None,
+            max_weight: None,
+            max_volume: None,
+            layer_height: None,
+            tags: None,
+            description: None,
+            created_at: None,
+            updated_at: None,
+        }
+    }
+
     /// Writes a status change's absolute values into this record.
     pub fn apply_status(&mut self, status: &LocationStatus) {
         self.is_occupied = status.is_occupied;

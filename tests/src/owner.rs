@@ -303,33 +303,18 @@ pub fn location(
     layer_index: i64,
 ) -> StorageLocation {
     StorageLocation {
-        id: id.into(),
-        layer_index,
-        layer_name: format!("{station}-{layer_index}"),
         operate_point_id: Some(format!("AP-{station}")),
-        station_name: station.into(),
         storage_location_name: Some(format!("{station}-{layer_index}")),
-        scene_id: scene.into(),
-        storage_area_id: area.into(),
         area_name: Some(format!("库区{area}")),
-        is_occupied: false,
-        is_locked: false,
-        is_disabled: false,
-        is_empty_tray: false,
-        locked_by: None,
         goods_content: Some(String::new()),
-        goods_weight: None,
-        goods_volume: None,
-        goods_stored_at: None,
-        goods_retrieved_at: None,
         last_access_at: Some("2025-06-11T12:00:00.000Z".into()),
         max_weight: Some(5000),
         max_volume: Some(1000),
         layer_height: Some(100),
         tags: Some(String::new()),
-        description: None,
         created_at: Some("2025-06-11T12:00:00.000Z".into()),
         updated_at: Some("2025-06-11T12:00:00.000Z".into()),
+        ..StorageLocation::new(scene, id, area, station, layer_index)
     }
 }
 

@@ -470,15 +470,7 @@ impl<V: View> Topic<V> {
                 } else {
                     tracing::debug!(kind, id = %self.id, reason, failures = loading.failures, ?delay, "snapshot failed again");
                 }
-                let owed: Vec<MemberId> = self
-                    .members
-                    .iter()
-                    .filter(|(_, w)| w.needs_state)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in owed {
-                    self.deliver_state(id);
-                }
+                self.deliver_owed_states();
                 return;
             }
         };
@@ -512,6 +504,11 @@ impl<V: View> Topic<V> {
             tracing::info!(kind, id = %self.id, "snapshot older than dropped events; taking another");
             self.sync = Sync::Loading(Loading::due_now());
         }
+        self.deliver_owed_states();
+    }
+
+    /// Gives every member that is owed the state what there is: the state, or word of why not.
+    fn deliver_owed_states(&mut self) {
         let owed: Vec<MemberId> = self
             .members
             .iter()
