@@ -2,11 +2,10 @@
 //! by every connection that receives them, and the client messages the hub understands.
 //!
 //! Server messages are assembled from pre-escaped JSON pieces rather than through a derived
-//! struct, so that a state message can be rendered once and stamped with its send time per
-//! connection without serializing its (possibly large) `data` again.
+//! struct, so that a state's (possibly large) `data`, rendered once, is wrapped without being
+//! serialized again.
 
 use axum::extract::ws::Utf8Bytes;
-use bytes::Bytes;
 use serde::Deserialize;
 use vwed_publisher::timestamp_now;
 
@@ -69,38 +68,9 @@ impl Kind {
     }
 }
 
-/// One outgoing WebSocket message, cheap to clone into many connections' queues.
-#[derive(Debug, Clone)]
-pub enum Frame {
-    /// A finished text message (an event, a status change, an error).
-    Text(Utf8Bytes),
-    /// A state message, stamped with the time it is written: `head` + timestamp + `tail`.
-    /// The shared parts hold the rendered `data`, so queuing one costs two reference counts.
-    Stamped {
-        /// `{"type":...,"<id field>":...,"timestamp":"`
-        head: Bytes,
-        /// `","message":...,"data":...}`
-        tail: Bytes,
-    },
-}
-
-impl Frame {
-    /// The message text as it goes on the wire.
-    pub fn into_text(self) -> Utf8Bytes {
-        match self {
-            Frame::Text(text) => text,
-            Frame::Stamped { head, tail } => {
-                let stamp = timestamp_now();
-                let mut text = String::with_capacity(head.len() + stamp.len() + tail.len());
-                // Both halves were built from `str`s by `Envelope`, so they are UTF-8.
-                text.push_str(std::str::from_utf8(&head).unwrap_or_default());
-                text.push_str(&stamp);
-                text.push_str(std::str::from_utf8(&tail).unwrap_or_default());
-                Utf8Bytes::from(text)
-            }
-        }
-    }
-}
+/// One outgoing WebSocket text message. Cloning shares the bytes, so one rendered message can
+/// sit in many connections' queues at the cost of a reference count each.
+pub type Frame = Utf8Bytes;
 
 /// The parts of every message that name one key, escaped once per topic or connection.
 #[derive(Debug, Clone)]
@@ -109,80 +79,53 @@ pub struct Envelope {
     kind: Kind,
     /// `"<id field>":<id as a JSON string>`
     id_member: String,
-    /// The head of this key's state message, shared by every state frame.
-    state_head: Bytes,
 }
 
 impl Envelope {
     /// The envelope of messages about `id`.
     pub fn new(kind: Kind, id: &str) -> Self {
         let id_member = format!("\"{}\":{}", kind.id_field(), json_string(id));
-        let state_head = Bytes::from(format!(
-            "{{\"type\":\"{}\",{id_member},\"timestamp\":\"",
-            kind.update_type()
-        ));
-        Self {
-            kind,
-            id_member,
-            state_head,
-        }
+        Self { kind, id_member }
     }
 
-    /// A state message around `data` (JSON), stamped when it is written.
+    /// A state message around `data` (JSON), stamped now.
     pub fn state(&self, data: &[u8]) -> Frame {
-        Frame::Stamped {
-            head: self.state_head.clone(),
-            tail: self.state_tail(data),
-        }
-    }
-
-    /// The tail of a state message around `data`; the part that is rendered once per change.
-    pub fn state_tail(&self, data: &[u8]) -> Bytes {
-        let message = self.kind.update_message();
-        let mut tail = Vec::with_capacity(data.len() + message.len() + 24);
-        tail.extend_from_slice(b"\",\"message\":\"");
-        tail.extend_from_slice(message.as_bytes());
-        tail.extend_from_slice(b"\",\"data\":");
-        tail.extend_from_slice(data);
-        tail.push(b'}');
-        Bytes::from(tail)
-    }
-
-    /// A state message stamped now, as one finished frame (for events rendered once).
-    pub fn state_now(&self, data: &[u8]) -> Frame {
-        Frame::Text(self.state(data).into_text())
-    }
-
-    /// Builds a stamped frame from a tail made by [`state_tail`](Self::state_tail).
-    pub fn stamped(&self, tail: Bytes) -> Frame {
-        Frame::Stamped {
-            head: self.state_head.clone(),
-            tail,
-        }
+        let kind = self.kind;
+        let stamp = timestamp_now();
+        let (head, tail) = (
+            format!(
+                "{{\"type\":\"{}\",{},\"timestamp\":\"{stamp}\",\"message\":\"{}\",\"data\":",
+                kind.update_type(),
+                self.id_member,
+                kind.update_message()
+            ),
+            "}",
+        );
+        let mut text = String::with_capacity(head.len() + data.len() + tail.len());
+        text.push_str(&head);
+        // `data` comes from serde_json, which writes UTF-8.
+        text.push_str(std::str::from_utf8(data).unwrap_or("null"));
+        text.push_str(tail);
+        Utf8Bytes::from(text)
     }
 
     /// An `error` message about this key.
     pub fn error(&self, message: &str) -> Frame {
-        Frame::Text(Utf8Bytes::from(format!(
+        Utf8Bytes::from(format!(
             "{{\"type\":\"error\",{},\"timestamp\":\"{}\",\"message\":{}}}",
             self.id_member,
             timestamp_now(),
             json_string(message)
-        )))
-    }
-
-    /// The `"<id field>":"<id>"` member, for messages of other types about this key.
-    pub fn id_member(&self) -> &str {
-        &self.id_member
+        ))
     }
 }
 
 /// A JSON `pong`.
 pub fn pong() -> Frame {
-    Frame::Text(Utf8Bytes::from(format!(
+    Utf8Bytes::from(format!(
         "{{\"type\":\"pong\",\"timestamp\":\"{}\"}}",
         timestamp_now()
-    )))
+    ))
 }
 
 /// `s` as a JSON string literal.
@@ -249,13 +192,13 @@ mod tests {
     use serde_json::Value;
 
     fn parse(frame: Frame) -> Value {
-        serde_json::from_str(frame.into_text().as_str()).unwrap()
+        serde_json::from_str(frame.as_str()).unwrap()
     }
 
     #[test]
     fn state_messages_have_the_documented_fields_in_order() {
         let envelope = Envelope::new(Kind::Task, "t-\"1\"");
-        let text = envelope.state(b"[]").into_text();
+        let text = envelope.state(b"[]");
         let keys: Vec<&str> = [
             "\"type\"",
             "\"task_record_id\"",

@@ -66,7 +66,12 @@ async fn websocket(
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
-            let status = rejection.status();
+            // Any request here that is not a WebSocket handshake, whatever its method, is told
+            // to upgrade; a handshake with a bad version or key is a bad request.
+            let status = match rejection.status() {
+                StatusCode::BAD_REQUEST => StatusCode::BAD_REQUEST,
+                _ => StatusCode::UPGRADE_REQUIRED,
+            };
             return (
                 status,
                 [(header::UPGRADE, "websocket")],

@@ -23,6 +23,9 @@ pub struct Publisher {
     subjects: Subjects,
     /// Issues revs for the convenience methods; shared so that clones never reuse a rev.
     clock: Arc<HybridClock>,
+    /// Held from taking a rev until its event is handed to the connection, so that concurrent
+    /// callers publish in rev order (the hub drops an event whose rev is not above the last).
+    in_rev_order: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Publisher {
@@ -32,6 +35,7 @@ impl Publisher {
             client,
             subjects: Subjects::default(),
             clock: Arc::new(HybridClock::new()),
+            in_rev_order: Arc::default(),
         }
     }
 
@@ -63,13 +67,15 @@ impl Publisher {
         &self.clock
     }
 
-    /// Publishes a task event exactly as given, with the caller's own `rev`.
+    /// Publishes a task event exactly as given, with the caller's own `rev`. Publish each key's
+    /// events in rev order: the hub drops an event whose rev is not above the last it saw.
     pub async fn publish_task(&self, event: &TaskEvent) -> Result<(), Error> {
         let subject = self.subjects.task_events(&event.task_record_id);
         self.publish_json(subject, event).await
     }
 
-    /// Publishes a scene event exactly as given, with the caller's own `rev`.
+    /// Publishes a scene event exactly as given, with the caller's own `rev`. Publish each key's
+    /// events in rev order: the hub drops an event whose rev is not above the last it saw.
     pub async fn publish_scene(&self, event: &SceneEvent) -> Result<(), Error> {
         let subject = self.subjects.scene_events(&event.scene_id);
         self.publish_json(subject, event).await
@@ -136,6 +142,7 @@ impl Publisher {
     }
 
     async fn task_change(&self, task_record_id: &str, change: TaskChange) -> Result<u64, Error> {
+        let _in_order = self.in_rev_order.lock().await;
         let event = TaskEvent {
             task_record_id: task_record_id.to_owned(),
             rev: self.next_rev(),
@@ -146,6 +153,7 @@ impl Publisher {
     }
 
     async fn scene_change(&self, scene_id: &str, change: SceneChange) -> Result<u64, Error> {
+        let _in_order = self.in_rev_order.lock().await;
         let event = SceneEvent {
             scene_id: scene_id.to_owned(),
             rev: self.next_rev(),

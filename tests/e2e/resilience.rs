@@ -333,3 +333,87 @@ async fn a_broadcast_client_that_falls_behind_is_closed_with_1013_and_others_kee
     reader.send_text("ping").await;
     assert_eq!(reader.next().await, Received::Text("pong".into()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_past_the_end_fetches_the_missed_ones() {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner
+        .seed_task("t-gap", vec![TaskResult::now("[a] 0", TaskStatus::Running)])
+        .await;
+    let hub = TestHub::start(&nats).await;
+    let mut client = Client::connect(&hub, "/ws/task-execution/t-gap?interval=1").await;
+    assert_eq!(
+        client.next_of_type("task_execution_update").await["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Result 1 is lost on the way; result 2 arrives and shows the hole.
+    owner
+        .append_unpublished("t-gap", "[b] 1", TaskStatus::Running)
+        .await;
+    let third = owner
+        .append_unpublished("t-gap", "[c] 2", TaskStatus::Success)
+        .await;
+    owner
+        .publisher()
+        .publish_task(&third)
+        .await
+        .expect("publish");
+    owner.publisher().flush().await.expect("flush");
+
+    let update = client.next_of_type("task_execution_update").await;
+    assert_eq!(update["data"], owner.task_data("t-gap").await);
+    assert_eq!(update["data"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_no_snapshot_explains_is_dropped_without_a_storm_of_requests() {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner
+        .seed_task("t-bad", vec![TaskResult::now("[a] 0", TaskStatus::Running)])
+        .await;
+    let hub = TestHub::start(&nats).await;
+    let mut client = Client::connect(&hub, "/ws/task-execution/t-bad?interval=1").await;
+    let first = client.next_of_type("task_execution_update").await;
+    hub.wait_for_subscriptions(1).await;
+
+    // A broken publisher: an append at index 10 that the owner's state will never have.
+    let bogus = vwed_publisher::TaskEvent {
+        task_record_id: "t-bad".into(),
+        rev: owner.publisher().next_rev(),
+        change: vwed_publisher::TaskChange::Append {
+            index: 10,
+            results: vec![TaskResult::now("[x] ?", TaskStatus::Running)],
+        },
+    };
+    owner
+        .publisher()
+        .publish_task(&bogus)
+        .await
+        .expect("publish");
+    owner.publisher().flush().await.expect("flush");
+    client.expect_silence(Duration::from_millis(2500)).await;
+    let requests = r#"vwed_hub_snapshot_requests_total{kind="task",reason="found"}"#;
+    let made = hub.metric(requests).await;
+    assert!(made <= 4.0, "{made} snapshot requests");
+    assert_eq!(
+        hub.metric(r#"vwed_hub_events_rejected_total{kind="task",reason="gap"}"#)
+            .await,
+        1.0
+    );
+
+    // The view is as it was, and good events still apply.
+    client.send_text(r#"{"type":"get_status"}"#).await;
+    assert_eq!(
+        client.next_of_type("task_execution_update").await["data"],
+        first["data"]
+    );
+    owner.append("t-bad", "[b] 1", TaskStatus::Success).await;
+    let update = client.next_of_type("task_execution_update").await;
+    assert_eq!(update["data"], owner.task_data("t-bad").await);
+}

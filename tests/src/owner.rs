@@ -149,6 +149,29 @@ impl Owner {
         index
     }
 
+    /// Appends one result like [`append`](Self::append) but returns the event instead of
+    /// publishing it, as if it were lost on the way.
+    pub async fn append_unpublished(
+        &self,
+        task: &str,
+        context: &str,
+        status: TaskStatus,
+    ) -> TaskEvent {
+        let mut state = self.state.lock().await;
+        let (rev, results) = state.tasks.entry(task.to_owned()).or_default();
+        let result = TaskResult::now(context, status);
+        results.push(result.clone());
+        *rev = self.publisher.next_rev();
+        TaskEvent {
+            task_record_id: task.to_owned(),
+            rev: *rev,
+            change: TaskChange::Append {
+                index: results.len() as u64 - 1,
+                results: vec![result],
+            },
+        }
+    }
+
     /// Replaces a task's result list, publishing the change.
     pub async fn replace(&self, task: &str, results: Vec<TaskResult>) {
         let mut state = self.state.lock().await;

@@ -1,10 +1,15 @@
-//! A connection as the fan-out sees it: a bounded queue to push frames into, never to wait on.
+//! A connection as the fan-out sees it: somewhere to push frames into, never to wait on.
+//!
+//! Two lanes lead to each connection. Changes (broadcast events, status-change notices, errors)
+//! go through a bounded queue, since every one of them matters. States go through a slot that
+//! holds only the newest: a client that reads slowly gets the latest state late rather than a
+//! backlog of stale ones, and a stalled client costs one state's memory at most.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::messages::Frame;
@@ -19,7 +24,7 @@ fn next_member_id() -> MemberId {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// How a push into an outbox went.
+/// How a push into a queue went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
     /// Queued for the socket.
@@ -30,45 +35,68 @@ pub enum Delivery {
     Closed,
 }
 
-/// The sending side of one connection's outgoing queue.
+/// The newest state not yet written to the socket.
+#[derive(Debug, Default)]
+struct StateSlot {
+    /// Replaced, never appended to.
+    latest: Mutex<Option<Frame>>,
+    /// Wakes the writer when a state is put in.
+    filled: Notify,
+}
+
+impl StateSlot {
+    fn take(&self) -> Option<Frame> {
+        self.latest
+            .lock()
+            .map(|mut slot| slot.take())
+            .unwrap_or(None)
+    }
+}
+
+/// The sending side of one connection.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     /// Bounded, so a stalled socket costs a fixed amount of memory.
     frames: mpsc::Sender<Frame>,
+    /// The state lane.
+    state: Arc<StateSlot>,
     /// Cancelled to tell the connection to close with 1013 because it fell behind.
     too_slow: CancellationToken,
     /// Counts deliveries and drops.
     metrics: Arc<Metrics>,
 }
 
-/// The receiving side, owned by the connection's writer.
+/// The receiving side, owned by the connection.
 pub struct Inbox {
-    /// Frames in the order the fan-out produced them.
-    pub frames: mpsc::Receiver<Frame>,
+    /// Changes in the order the fan-out produced them.
+    frames: mpsc::Receiver<Frame>,
+    /// The state lane.
+    state: Arc<StateSlot>,
     /// Cancelled when the fan-out gave up on this client.
     pub too_slow: CancellationToken,
 }
 
-/// A connection's queue of `capacity` frames.
+/// A connection's two lanes, the change queue holding up to `capacity` frames.
 pub fn outbox(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, Inbox) {
     let (frames, receiver) = mpsc::channel(capacity.max(1));
+    let state = Arc::new(StateSlot::default());
     let too_slow = CancellationToken::new();
     let outbox = Outbox {
         frames,
+        state: state.clone(),
         too_slow: too_slow.clone(),
         metrics,
     };
-    (
-        outbox,
-        Inbox {
-            frames: receiver,
-            too_slow,
-        },
-    )
+    let inbox = Inbox {
+        frames: receiver,
+        state,
+        too_slow,
+    };
+    (outbox, inbox)
 }
 
 impl Outbox {
-    /// Queues `frame` without waiting.
+    /// Queues a change without waiting.
     pub fn offer(&self, frame: Frame) -> Delivery {
         match self.frames.try_send(frame) {
             Ok(()) => {
@@ -83,13 +111,47 @@ impl Outbox {
         }
     }
 
-    /// Queues `frame`, and closes the connection with 1013 when it cannot keep up: for streams
+    /// Queues a change, and closes the connection with 1013 when it cannot keep up: for streams
     /// where a dropped message would be a lost change.
     pub fn offer_or_close(&self, frame: Frame) {
         if self.offer(frame) == Delivery::Full && !self.too_slow.is_cancelled() {
             self.metrics.slow_clients_closed.inc();
             self.too_slow.cancel();
         }
+    }
+
+    /// Puts a state in the state lane, replacing one the client has not been sent yet.
+    pub fn offer_state(&self, frame: Frame) {
+        let replaced = match self.state.latest.lock() {
+            Ok(mut slot) => slot.replace(frame).is_some(),
+            Err(_) => return,
+        };
+        if replaced {
+            self.metrics.messages_dropped.inc();
+        }
+        self.metrics.messages_delivered.inc();
+        self.state.filled.notify_one();
+    }
+}
+
+impl Inbox {
+    /// The next frame to write: the pending state first, then queued changes; waits for either.
+    /// Cancel-safe: a frame is only taken when this returns it.
+    pub async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self.try_next() {
+                return Some(frame);
+            }
+            tokio::select! {
+                frame = self.frames.recv() => return frame,
+                () = self.state.filled.notified() => {}
+            }
+        }
+    }
+
+    /// A frame that is ready now, if any.
+    pub fn try_next(&mut self) -> Option<Frame> {
+        self.state.take().or_else(|| self.frames.try_recv().ok())
     }
 }
 

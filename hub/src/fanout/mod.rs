@@ -15,6 +15,9 @@ use crate::view::{SceneView, TaskView};
 pub use member::{outbox, Delivery, Inbox, Member, MemberId, Mode, Outbox};
 pub use registry::{Membership, Registry, TopicContext};
 
+/// How long lost-message notices are gathered before the snapshots they call for.
+const LOST_MESSAGES_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Both kinds of topics, and what they share.
 pub struct FanOut {
     /// Task records being watched.
@@ -70,6 +73,20 @@ impl FanOut {
                     continue;
                 }
                 BrokerEvent::MessagesLost => {
+                    // The client reports every dropped message: let a burst of notices settle
+                    // into one round of snapshots.
+                    tokio::time::sleep(LOST_MESSAGES_SETTLE).await;
+                    while let Ok(later) = events.try_recv() {
+                        match later {
+                            BrokerEvent::Connected => {
+                                metrics.broker_connected.set(1);
+                            }
+                            BrokerEvent::Disconnected => {
+                                metrics.broker_connected.set(0);
+                            }
+                            BrokerEvent::MessagesLost => {}
+                        }
+                    }
                     tracing::warn!("broker dropped messages; re-snapshotting every watched key");
                 }
             }

@@ -3,8 +3,15 @@
 //! A topic is a task that alone owns its state, so events for one key apply in order and the view
 //! needs no lock. It keeps the view in step with the owner by SPEC 3's rule: subscribe first,
 //! buffer events, request a snapshot, then apply the buffered and later events whose rev is above
-//! the snapshot's. A lost message (reconnect, slow consumer) or a gap in a task's results starts
+//! the snapshot's. Lost messages (a reconnect, a slow consumer) or a gap in a task's results start
 //! the same cycle again while the old view keeps serving.
+//!
+//! Realtime members are grouped by filter and interval. A group has one timer; on each tick it
+//! renders its filter once (only if the view changed since the last render) and shares that frame
+//! with every member whose last state is different and at least one interval old.
+//!
+//! Broadcast members get every event once, as it arrives, even while the view waits for a
+//! snapshot; an event whose rev is not above the last one forwarded is a late duplicate.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -17,7 +24,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio::time::{sleep, Sleep};
+use tokio::time::{sleep, Instant, Sleep};
 use tokio_util::time::{delay_queue, DelayQueue};
 
 use super::member::{Member, MemberId, Mode, Outbox};
@@ -26,13 +33,20 @@ use crate::broker::{BrokerError, Subscription};
 use crate::messages::{Envelope, Frame};
 use crate::view::{self, Applied, View};
 
-/// Events kept while a snapshot is on its way; past this the oldest are dropped and the
-/// snapshot that follows must cover them, or another one is taken.
+/// Events kept while a snapshot is on its way, by count and by payload bytes; past either, the
+/// oldest are dropped, and a snapshot that does not cover them is followed by another.
 const MAX_BUFFERED_EVENTS: usize = 10_000;
+const MAX_BUFFERED_BYTES: usize = 32 * 1024 * 1024;
 
 /// First wait before retrying a failed snapshot; it doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// Timer jitter tolerated when deciding whether a member's interval has passed.
+const TICK_SLACK: Duration = Duration::from_millis(50);
+
+/// Realtime members that share a filter and an interval, and so a timer and a render.
+type GroupKey<F> = (F, Duration);
 
 /// A watched key's task.
 pub struct Topic<V: View> {
@@ -50,21 +64,24 @@ pub struct Topic<V: View> {
     events: Option<Subscription>,
     /// The state; `None` until the first snapshot answered (found or not).
     view: Option<V>,
-    /// The rev of the last event the view reflects.
-    view_rev: u64,
+    /// The rev of the last event the view reflects; `None` before any (a key not found).
+    view_rev: Option<u64>,
     /// Bumped on every change to the view, so renders know when they are stale.
     version: u64,
-    /// The highest rev sent to broadcast members: they get every event once, even while the view
-    /// waits for a snapshot.
-    forwarded_rev: u64,
+    /// The highest rev sent to broadcast members.
+    forwarded_rev: Option<u64>,
     /// Whether the view is live or waiting for a snapshot.
     sync: Sync<V::Event>,
+    /// Snapshots in a row that did not cover a gap; spaces out the next ones.
+    gaps: u32,
     /// Everyone watching, by membership id.
     members: HashMap<MemberId, Watcher<V::Filter>>,
-    /// One render per distinct filter, shared by every realtime member with that filter.
+    /// Realtime members by filter and interval.
+    groups: HashMap<GroupKey<V::Filter>, Group>,
+    /// One render per distinct filter, shared by every group with that filter.
     renders: HashMap<V::Filter, Render>,
-    /// When each realtime member is next due for an update.
-    ticks: DelayQueue<MemberId>,
+    /// When each group is next due.
+    ticks: DelayQueue<GroupKey<V::Filter>>,
     /// Causes already logged at warn level, so a broken publisher cannot flood the log.
     warned: HashSet<&'static str>,
 }
@@ -78,44 +95,66 @@ enum Sync<E> {
 }
 
 struct Loading<E> {
-    /// Events that arrived since the snapshot was requested, in order.
-    buffer: VecDeque<E>,
+    /// Events that arrived since loading began, in order.
+    buffer: VecDeque<Buffered<E>>,
+    /// Payload bytes of the buffered events.
+    buffered_bytes: usize,
     /// The highest rev dropped from a full buffer: a snapshot older than it is not enough.
     dropped_rev: Option<u64>,
     /// Failed attempts in a row; sets the retry delay.
     failures: u32,
     /// The request on its way, if one is.
     request: Option<BoxFuture<'static, Result<Bytes, BrokerError>>>,
-    /// When to try again after a failure.
+    /// When to send the next request, when none is on its way.
     retry: Option<Pin<Box<Sleep>>>,
+    /// Events may have been lost after the request on its way was sent: take one more after it.
+    again: bool,
+}
+
+struct Buffered<E> {
+    rev: u64,
+    size: usize,
+    event: E,
 }
 
 impl<E> Loading<E> {
-    fn new() -> Self {
+    /// Loading that sends its request after `delay`.
+    fn after(delay: Duration) -> Self {
         Self {
             buffer: VecDeque::new(),
+            buffered_bytes: 0,
             dropped_rev: None,
             failures: 0,
             request: None,
-            retry: None,
+            retry: Some(Box::pin(sleep(delay))),
+            again: false,
         }
     }
 
-    /// Loading that requests its snapshot on the topic's next turn (for code that cannot await).
-    fn due_now() -> Self {
-        Self {
-            retry: Some(Box::pin(sleep(Duration::ZERO))),
-            ..Self::new()
+    fn buffer(&mut self, event: E, rev: u64, size: usize) {
+        while self.buffer.len() >= MAX_BUFFERED_EVENTS
+            || (self.buffered_bytes + size > MAX_BUFFERED_BYTES && !self.buffer.is_empty())
+        {
+            let Some(oldest) = self.buffer.pop_front() else {
+                break;
+            };
+            self.buffered_bytes -= oldest.size;
+            self.dropped_rev = Some(self.dropped_rev.map_or(oldest.rev, |d| d.max(oldest.rev)));
         }
+        self.buffered_bytes += size;
+        self.buffer.push_back(Buffered { rev, size, event });
     }
+}
 
-    fn buffer(&mut self, event: E, rev: u64) {
-        if self.buffer.len() == MAX_BUFFERED_EVENTS {
-            self.buffer.pop_front();
-            self.dropped_rev = Some(self.dropped_rev.unwrap_or(0).max(rev));
-        }
-        self.buffer.push_back(event);
-    }
+/// Which state a member is owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    /// Nothing: it has what it asked for.
+    Nothing,
+    /// Its first state (realtime members, on join).
+    Initial,
+    /// An answer to `get_status`.
+    Status,
 }
 
 /// One member and what it has been sent.
@@ -124,40 +163,33 @@ struct Watcher<F> {
     outbox: Outbox,
     /// Broadcast, or realtime with its filter and interval.
     mode: Mode<F>,
-    /// It is owed the current state (it just joined, or asked) and there was none to give yet.
-    needs_state: bool,
+    /// A state it is owed and that could not be given yet.
+    owed: Owed,
     /// It was told the state is unavailable during the current outage.
     told_unavailable: bool,
     /// Hash of the last state it was sent, for "only when changed".
     last_sent: Option<u64>,
-    /// Its entry in `ticks` (realtime members only).
-    tick: Option<delay_queue::Key>,
+    /// No periodic update before this (one interval after the last).
+    next_update: Instant,
     /// Cleared when its status request is taken up, so the next one is sent.
     status_requested: Arc<AtomicBool>,
+}
+
+/// The realtime members of one filter and interval.
+struct Group {
+    members: HashSet<MemberId>,
+    /// The group's entry in `ticks`.
+    tick: delay_queue::Key,
 }
 
 /// A filtered state rendered once for every member with the same filter.
 struct Render {
     /// The topic version it was rendered at.
     version: u64,
-    /// Hash of the rendered data: equal hashes mean nothing a member sees changed.
+    /// Hash of `data`: equal hashes mean nothing a member sees changed.
     hash: u64,
-    /// The state message's tail, holding the data.
-    tail: Bytes,
-    /// Realtime members with this filter; the render is dropped when none is left.
-    users: usize,
-}
-
-impl Render {
-    /// A render not made yet, for `users` members.
-    fn unused(users: usize) -> Self {
-        Self {
-            version: 0,
-            hash: 0,
-            tail: Bytes::new(),
-            users,
-        }
-    }
+    /// The state message's `data`.
+    data: Bytes,
 }
 
 impl<V: View> Topic<V> {
@@ -175,11 +207,13 @@ impl<V: View> Topic<V> {
             commands,
             events: None,
             view: None,
-            view_rev: 0,
+            view_rev: None,
             version: 0,
-            forwarded_rev: 0,
-            sync: Sync::Loading(Loading::new()),
+            forwarded_rev: None,
+            sync: Sync::Loading(Loading::after(Duration::ZERO)),
+            gaps: 0,
             members: HashMap::new(),
+            groups: HashMap::new(),
             renders: HashMap::new(),
             ticks: DelayQueue::new(),
             warned: HashSet::new(),
@@ -205,7 +239,7 @@ impl<V: View> Topic<V> {
                         tracing::warn!(kind, id = %self.id, "subscription ended; resubscribing");
                         self.events = None;
                         self.context.metrics.subscriptions.dec();
-                        self.start_loading().await;
+                        self.resnapshot().await;
                     }
                 },
                 step = snapshot_step(&mut self.sync) => match step {
@@ -229,7 +263,9 @@ impl<V: View> Topic<V> {
             Command::GetStatus(id) => {
                 if let Some(watcher) = self.members.get_mut(&id) {
                     watcher.status_requested.store(false, Ordering::Release);
-                    watcher.needs_state = true;
+                    if watcher.owed == Owed::Nothing {
+                        watcher.owed = Owed::Status;
+                    }
                     self.deliver_state(id);
                 }
             }
@@ -239,36 +275,37 @@ impl<V: View> Topic<V> {
                     return Continue::Stop;
                 }
             }
-            Command::Resnapshot => {
-                if let Sync::Loading(loading) = &mut self.sync {
-                    // Start over at once: the reason for the earlier failures may be gone.
-                    loading.failures = 0;
-                }
-                self.start_loading().await;
-            }
+            Command::Resnapshot => self.resnapshot().await,
         }
         Continue::Go
     }
 
     fn join(&mut self, member: Member<V::Filter>) {
-        let mut watcher = Watcher {
+        let owed = match &member.mode {
+            Mode::Realtime { filter, interval } => {
+                let key = (filter.clone(), *interval);
+                let ticks = &mut self.ticks;
+                self.groups
+                    .entry(key.clone())
+                    .or_insert_with(|| Group {
+                        members: HashSet::new(),
+                        tick: ticks.insert(key, *interval),
+                    })
+                    .members
+                    .insert(member.id);
+                Owed::Initial
+            }
+            Mode::Broadcast => Owed::Nothing,
+        };
+        let watcher = Watcher {
             outbox: member.outbox,
             mode: member.mode,
-            needs_state: false,
+            owed,
             told_unavailable: false,
             last_sent: None,
-            tick: None,
+            next_update: Instant::now(),
             status_requested: member.status_requested,
         };
-        if let Mode::Realtime { filter, interval } = &watcher.mode {
-            watcher.needs_state = true;
-            watcher.tick = Some(self.ticks.insert(member.id, *interval));
-            if let Some(render) = self.renders.get_mut(filter) {
-                render.users += 1;
-            } else {
-                self.renders.insert(filter.clone(), Render::unused(1));
-            }
-        }
         self.members.insert(member.id, watcher);
         self.deliver_state(member.id);
     }
@@ -277,30 +314,35 @@ impl<V: View> Topic<V> {
         let Some(watcher) = self.members.remove(&id) else {
             return;
         };
-        if let Some(tick) = watcher.tick {
-            self.ticks.remove(&tick);
-        }
-        if let Mode::Realtime { filter, .. } = &watcher.mode {
-            if let Some(render) = self.renders.get_mut(filter) {
-                render.users = render.users.saturating_sub(1);
-                if render.users == 0 {
-                    self.renders.remove(filter);
-                }
+        let Mode::Realtime { filter, interval } = watcher.mode else {
+            return;
+        };
+        let key = (filter, interval);
+        let Some(group) = self.groups.get_mut(&key) else {
+            return;
+        };
+        group.members.remove(&id);
+        if group.members.is_empty() {
+            if let Some(group) = self.groups.remove(&key) {
+                self.ticks.remove(&group.tick);
+            }
+            if !self.groups.keys().any(|(other, _)| *other == key.0) {
+                self.renders.remove(&key.0);
             }
         }
     }
 
-    /// Sends member `id` the current state if it is owed one and there is a state to send.
+    /// Sends member `id` the state it is owed, or, while there is none, why not.
     fn deliver_state(&mut self, id: MemberId) {
         let Some(watcher) = self.members.get_mut(&id) else {
             return;
         };
-        if !watcher.needs_state {
+        if watcher.owed == Owed::Nothing {
             return;
         }
         let Some(view) = &self.view else {
-            if matches!(&self.sync, Sync::Loading(l) if l.failures > 0) && !watcher.told_unavailable
-            {
+            let failing = matches!(&self.sync, Sync::Loading(l) if l.failures > 0);
+            if failing && !watcher.told_unavailable {
                 watcher.told_unavailable = true;
                 watcher
                     .outbox
@@ -308,12 +350,8 @@ impl<V: View> Topic<V> {
             }
             return;
         };
-        watcher.needs_state = false;
+        let owed = std::mem::replace(&mut watcher.owed, Owed::Nothing);
         watcher.told_unavailable = false;
-        if let (Mode::Realtime { interval, .. }, Some(tick)) = (&watcher.mode, &watcher.tick) {
-            // The next periodic update is due one interval after this one.
-            self.ticks.reset(tick, *interval);
-        }
         if !view.exists() {
             watcher.last_sent = None;
             watcher
@@ -326,49 +364,61 @@ impl<V: View> Topic<V> {
             Mode::Realtime { filter, .. } => filter,
             Mode::Broadcast => &default_filter,
         };
-        let render = render(
-            &self.envelope,
-            &mut self.renders,
-            view,
-            self.version,
-            filter,
-        );
-        let frame = self.envelope.stamped(render.tail.clone());
-        let hash = render.hash;
-        if watcher.outbox.offer(frame) == super::member::Delivery::Queued {
-            if let Mode::Realtime { .. } = watcher.mode {
-                watcher.last_sent = Some(hash);
+        let Some(render) = render(&mut self.renders, view, self.version, filter) else {
+            return;
+        };
+        watcher
+            .outbox
+            .offer_state(self.envelope.state(&render.data));
+        if let Mode::Realtime { interval, .. } = &watcher.mode {
+            watcher.last_sent = Some(render.hash);
+            if owed == Owed::Initial {
+                watcher.next_update = Instant::now() + *interval;
             }
         }
     }
 
-    fn on_tick(&mut self, id: MemberId) {
-        let Some(watcher) = self.members.get_mut(&id) else {
+    /// Gives every member that is owed the state what there is: the state, or word of why not.
+    fn deliver_owed_states(&mut self) {
+        let owed: Vec<MemberId> = self
+            .members
+            .iter()
+            .filter(|(_, w)| w.owed != Owed::Nothing)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in owed {
+            self.deliver_state(id);
+        }
+    }
+
+    /// A group's interval came round: members whose view changed get the state, rendered and
+    /// stamped once for all of them.
+    fn on_tick(&mut self, key: GroupKey<V::Filter>) {
+        let Some(group) = self.groups.get_mut(&key) else {
             return;
         };
-        let Mode::Realtime { filter, interval } = &watcher.mode else {
+        let (filter, interval) = &key;
+        group.tick = self.ticks.insert(key.clone(), *interval);
+        let Some(view) = self.view.as_ref().filter(|view| view.exists()) else {
             return;
         };
-        watcher.tick = Some(self.ticks.insert(id, *interval));
-        let Some(view) = &self.view else { return };
-        if watcher.needs_state || !view.exists() {
+        let Some(render) = render(&mut self.renders, view, self.version, filter) else {
             return;
-        }
-        let render = render(
-            &self.envelope,
-            &mut self.renders,
-            view,
-            self.version,
-            filter,
-        );
-        if watcher.last_sent == Some(render.hash) {
-            return;
-        }
-        let frame = self.envelope.stamped(render.tail.clone());
-        // A full queue leaves `last_sent` as it was, so the next tick tries again with the
-        // state of then: realtime clients lose nothing by conflation.
-        if watcher.outbox.offer(frame) == super::member::Delivery::Queued {
+        };
+        let now = Instant::now();
+        let mut frame: Option<Frame> = None;
+        for id in &group.members {
+            let Some(watcher) = self.members.get_mut(id) else {
+                continue;
+            };
+            let due = watcher.next_update <= now + TICK_SLACK;
+            if watcher.owed == Owed::Initial || watcher.last_sent == Some(render.hash) || !due {
+                continue;
+            }
+            let frame = frame.get_or_insert_with(|| self.envelope.state(&render.data));
+            watcher.outbox.offer_state(frame.clone());
             watcher.last_sent = Some(render.hash);
+            watcher.next_update = now + *interval;
         }
     }
 
@@ -379,66 +429,82 @@ impl<V: View> Topic<V> {
         };
         let rev = V::event_rev(&event);
         let mut frames = None;
-        if rev > self.forwarded_rev {
-            self.forwarded_rev = rev;
-            let broadcast: Vec<&Outbox> = self
+        if self.forwarded_rev.is_none_or(|forwarded| rev > forwarded) {
+            self.forwarded_rev = Some(rev);
+            let mut broadcast = self
                 .members
                 .values()
                 .filter(|w| matches!(w.mode, Mode::Broadcast))
-                .map(|w| &w.outbox)
-                .collect();
-            if !broadcast.is_empty() {
+                .peekable();
+            if broadcast.peek().is_some() {
                 let rendered = V::event_frames(&self.envelope, &event);
-                for outbox in broadcast {
+                for watcher in broadcast {
                     for frame in &rendered {
-                        outbox.offer_or_close(frame.clone());
+                        watcher.outbox.offer_or_close(frame.clone());
                     }
                 }
                 frames = Some(rendered);
             }
         }
         if let Sync::Loading(loading) = &mut self.sync {
-            loading.buffer(event, rev);
-        } else {
-            self.apply(event, Some(frames));
+            loading.buffer(event, rev, payload.len());
+        } else if let Err(event) = self.apply(event, frames) {
+            self.gaps += 1;
+            let delay = match self.gaps {
+                1 => Duration::ZERO,
+                gaps => retry_delay(gaps - 1),
+            };
+            tracing::info!(kind = V::KIND.label(), id = %self.id, rev, ?delay, "missed events; taking a fresh snapshot");
+            let mut loading = Loading::after(delay);
+            loading.buffer(event, rev, payload.len());
+            self.sync = Sync::Loading(loading);
         }
     }
 
-    /// Applies one event to the live view. `frames` are the event's rendered broadcast frames
-    /// when realtime members should hear of it now (`Some(None)`: not rendered yet), or `None`
-    /// when the event is being replayed from the buffer and the state itself will tell.
-    fn apply(&mut self, event: V::Event, frames: Option<Option<Vec<Frame>>>) {
+    /// Applies one event to the view and tells realtime members that hear of it at once.
+    /// `frames` are the event's broadcast frames if already rendered. Gives the event back
+    /// when it shows a gap: the view needs a snapshot before it can take it.
+    fn apply(&mut self, event: V::Event, frames: Option<Vec<Frame>>) -> Result<(), V::Event> {
         let rev = V::event_rev(&event);
-        let Some(view) = &mut self.view else { return };
-        if rev <= self.view_rev {
+        let Some(view) = self.view.as_mut() else {
+            return Ok(());
+        };
+        if self.view_rev.is_some_and(|held| rev <= held) {
             self.context.metrics.events_stale.inc();
-            return;
+            return Ok(());
         }
         match view.apply(&event) {
             Applied::Changed(notice) => {
-                self.view_rev = rev;
+                self.view_rev = Some(rev);
                 self.version += 1;
-                if let (Some(notice), Some(frames)) = (notice, frames) {
-                    let frames = frames.unwrap_or_else(|| V::event_frames(&self.envelope, &event));
-                    for watcher in self.members.values() {
-                        if let Mode::Realtime { filter, .. } = &watcher.mode {
-                            if !watcher.needs_state && V::notice_reaches(&notice, filter) {
-                                for frame in &frames {
-                                    watcher.outbox.offer(frame.clone());
-                                }
+                let Some(notice) = notice else {
+                    return Ok(());
+                };
+                let mut frames = frames;
+                for ((filter, _), group) in &self.groups {
+                    if !V::notice_reaches(&notice, filter) {
+                        continue;
+                    }
+                    let frames =
+                        frames.get_or_insert_with(|| V::event_frames(&self.envelope, &event));
+                    for id in &group.members {
+                        // A member still waiting for its first state will see this in it.
+                        let Some(watcher) = self.members.get(id) else {
+                            continue;
+                        };
+                        if watcher.owed != Owed::Initial {
+                            for frame in frames.iter() {
+                                watcher.outbox.offer(frame.clone());
                             }
                         }
                     }
                 }
+                Ok(())
             }
-            Applied::Gap => {
-                tracing::info!(kind = V::KIND.label(), id = %self.id, rev, "missed events; taking a fresh snapshot");
-                let mut loading = Loading::due_now();
-                loading.buffer(event, rev);
-                self.sync = Sync::Loading(loading);
-            }
+            Applied::Gap => Err(event),
             Applied::Ignored(cause) => {
-                self.reject(cause, &format_args!("event rev {rev} does not apply"))
+                self.reject(cause, &format_args!("event rev {rev} does not apply"));
+                Ok(())
             }
         }
     }
@@ -446,10 +512,16 @@ impl<V: View> Topic<V> {
     fn on_snapshot(&mut self, reply: Result<Bytes, BrokerError>) {
         let kind = V::KIND.label();
         let parsed = match reply {
-            Ok(payload) => view::parse_snapshot::<V>(&self.id, &payload).map_err(|error| {
-                self.reject(error.cause(), &error);
-                "malformed"
-            }),
+            Ok(payload) => match view::parse_snapshot::<V>(&self.id, &payload) {
+                Ok(Some((rev, _))) if self.view_rev.is_some_and(|held| rev < held) => {
+                    Err("stale_snapshot")
+                }
+                Ok(snapshot) => Ok(snapshot),
+                Err(error) => {
+                    self.reject(error.cause(), &error);
+                    Err("malformed")
+                }
+            },
             Err(BrokerError::NoResponders) => Err("no_responders"),
             Err(BrokerError::TimedOut) => Err("timeout"),
             Err(BrokerError::Unavailable(_)) => Err("unavailable"),
@@ -474,56 +546,62 @@ impl<V: View> Topic<V> {
                 return;
             }
         };
-        self.context.metrics.snapshot(
-            kind,
-            if snapshot.is_some() {
-                "found"
-            } else {
-                "not_found"
-            },
-        );
+        let found = if snapshot.is_some() {
+            "found"
+        } else {
+            "not_found"
+        };
+        self.context.metrics.snapshot(kind, found);
         let Sync::Loading(loading) = std::mem::replace(&mut self.sync, Sync::Live) else {
             return;
         };
-        let (rev, view) = snapshot.unwrap_or_default();
+        let (snapshot_rev, view) = match snapshot {
+            Some((rev, view)) => (Some(rev), view),
+            None => (None, V::default()),
+        };
         self.view = Some(view);
-        self.view_rev = rev;
+        self.view_rev = snapshot_rev;
         self.version += 1;
-        for event in loading.buffer {
-            if let Sync::Loading(again) = &mut self.sync {
-                let rev = V::event_rev(&event);
-                again.buffer(event, rev);
-            } else {
-                self.apply(event, None);
+        // The snapshot was taken after these events arrived: one that still shows a gap will not
+        // apply to any snapshot soon, so it is dropped rather than waited for.
+        let mut gap = false;
+        for buffered in loading.buffer {
+            if self.apply(buffered.event, None).is_err() {
+                gap = true;
+                self.reject(
+                    "gap",
+                    &format_args!("event rev {} does not fit the snapshot", buffered.rev),
+                );
             }
         }
-        let covered = loading
+        self.gaps = if gap { self.gaps + 1 } else { 0 };
+        let uncovered = loading
             .dropped_rev
-            .is_none_or(|dropped| dropped <= self.view_rev);
-        if !covered {
-            tracing::info!(kind, id = %self.id, "snapshot older than dropped events; taking another");
-            self.sync = Sync::Loading(Loading::due_now());
+            .is_some_and(|dropped| snapshot_rev.is_none_or(|rev| dropped > rev));
+        if gap || uncovered || loading.again {
+            let delay = if gap {
+                retry_delay(self.gaps)
+            } else {
+                Duration::ZERO
+            };
+            tracing::info!(kind, id = %self.id, gap, uncovered, "taking another snapshot");
+            self.sync = Sync::Loading(Loading::after(delay));
         }
         self.deliver_owed_states();
     }
 
-    /// Gives every member that is owed the state what there is: the state, or word of why not.
-    fn deliver_owed_states(&mut self) {
-        let owed: Vec<MemberId> = self
-            .members
-            .iter()
-            .filter(|(_, w)| w.needs_state)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in owed {
-            self.deliver_state(id);
-        }
-    }
-
-    /// Moves to loading (keeping the view to serve meanwhile) and requests a snapshot now.
-    async fn start_loading(&mut self) {
-        if let Sync::Live = self.sync {
-            self.sync = Sync::Loading(Loading::new());
+    /// Events may have been lost: take a fresh snapshot, keeping the view to serve meanwhile.
+    /// A request already on its way is kept (cancelling it would starve the topic under a storm
+    /// of notices) and followed by one more.
+    async fn resnapshot(&mut self) {
+        match &mut self.sync {
+            Sync::Live => self.sync = Sync::Loading(Loading::after(Duration::ZERO)),
+            Sync::Loading(loading) if loading.request.is_some() => {
+                loading.again = true;
+                return;
+            }
+            // Waiting to retry: the cause of the failures may be gone, so go now.
+            Sync::Loading(loading) => loading.failures = 0,
         }
         self.request_snapshot().await;
     }
@@ -534,6 +612,7 @@ impl<V: View> Topic<V> {
             return;
         };
         loading.retry = None;
+        loading.again = false;
         let context = &self.context;
         if self.events.is_none() {
             let subject = view::event_subject(V::KIND, &context.subjects, &self.id);
@@ -575,29 +654,35 @@ enum Continue {
     Stop,
 }
 
-/// The render of `filter` at `version`, rendering it if the one held is older.
+/// The render of `filter` at `version`, rendering it if the one held is older. (`None` cannot
+/// happen; it spares the hot path a clone of the filter per call.)
 fn render<'a, V: View>(
-    envelope: &Envelope,
     renders: &'a mut HashMap<V::Filter, Render>,
     view: &V,
     version: u64,
     filter: &V::Filter,
-) -> &'a Render {
-    let render = renders
-        .entry(filter.clone())
-        .or_insert_with(|| Render::unused(0));
-    if render.version != version || render.tail.is_empty() {
+) -> Option<&'a Render> {
+    let render = if renders.contains_key(filter) {
+        renders.get_mut(filter)?
+    } else {
+        renders.entry(filter.clone()).or_insert(Render {
+            version: 0,
+            hash: 0,
+            data: Bytes::new(),
+        })
+    };
+    if render.version != version || render.data.is_empty() {
         let data = view.render(filter);
         let mut hasher = DefaultHasher::new();
         data.hash(&mut hasher);
         let hash = hasher.finish();
-        if hash != render.hash || render.tail.is_empty() {
-            render.tail = envelope.state_tail(&data);
+        if hash != render.hash || render.data.is_empty() {
+            render.data = Bytes::from(data);
             render.hash = hash;
         }
         render.version = version;
     }
-    render
+    Some(render)
 }
 
 fn retry_delay(failures: u32) -> Duration {
@@ -618,11 +703,11 @@ async fn next_event(events: &mut Option<Subscription>) -> Option<Bytes> {
 enum SnapshotStep {
     /// The request on its way finished.
     Replied(Result<Bytes, BrokerError>),
-    /// The wait after a failure is over.
+    /// The wait before the next request is over.
     RetryDue,
 }
 
-/// Resolves when the snapshot request replies or the retry falls due; never while live.
+/// Resolves when the snapshot request replies or the next one falls due; never while live.
 async fn snapshot_step<E>(sync: &mut Sync<E>) -> SnapshotStep {
     match sync {
         Sync::Loading(Loading {
@@ -650,5 +735,27 @@ mod tests {
         assert_eq!(retry_delay(4), Duration::from_secs(2));
         assert_eq!(retry_delay(20), MAX_RETRY_DELAY);
         assert_eq!(retry_delay(u32::MAX), MAX_RETRY_DELAY);
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_drops_the_oldest_and_remembers_their_revs() {
+        let mut loading = Loading::after(Duration::ZERO);
+        for rev in 1..=(MAX_BUFFERED_EVENTS as u64 + 5) {
+            loading.buffer((), rev, 10);
+        }
+        assert_eq!(loading.buffer.len(), MAX_BUFFERED_EVENTS);
+        assert_eq!(loading.dropped_rev, Some(5));
+        assert_eq!(loading.buffer.front().map(|b| b.rev), Some(6));
+
+        let mut by_bytes = Loading::after(Duration::ZERO);
+        by_bytes.buffer((), 1, MAX_BUFFERED_BYTES / 2);
+        by_bytes.buffer((), 2, MAX_BUFFERED_BYTES / 2);
+        by_bytes.buffer((), 3, 1);
+        assert_eq!(by_bytes.dropped_rev, Some(1));
+        assert_eq!(by_bytes.buffered_bytes, MAX_BUFFERED_BYTES / 2 + 1);
+        // One event larger than the whole budget is still kept, alone.
+        by_bytes.buffer((), 4, MAX_BUFFERED_BYTES * 2);
+        assert_eq!(by_bytes.buffer.len(), 1);
+        assert_eq!(by_bytes.dropped_rev, Some(3));
     }
 }

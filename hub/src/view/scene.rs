@@ -202,28 +202,22 @@ impl View for SceneView {
                     new_status,
                 };
                 match serde_json::to_string(&message) {
-                    Ok(text) => vec![Frame::Text(text.into())],
+                    Ok(text) => vec![Frame::from(text)],
                     Err(_) => Vec::new(),
                 }
             }
             SceneChange::Upsert { storage_locations } => {
+                // One message holding just the changed locations, however many (SPEC 2.1).
                 let mut changed: Vec<&StorageLocation> = storage_locations.iter().collect();
                 changed.sort_by_cached_key(|location| order_of(location));
-                let total = changed.len();
-                changed
-                    .chunks(PAGE_SIZE)
-                    .enumerate()
-                    .map(|(index, chunk)| {
-                        let page = Page {
-                            total,
-                            page: index + 1,
-                            page_size: PAGE_SIZE,
-                            total_pages: total_pages(total),
-                            storage_locations: chunk,
-                        };
-                        envelope.state_now(&page.to_json())
-                    })
-                    .collect()
+                let page = Page {
+                    total: changed.len(),
+                    page: 1,
+                    page_size: changed.len().max(PAGE_SIZE),
+                    total_pages: 1,
+                    storage_locations: &changed,
+                };
+                vec![envelope.state(&page.to_json())]
             }
             SceneChange::Remove { .. } => Vec::new(),
         }
@@ -465,10 +459,7 @@ mod tests {
     fn broadcast_frames() {
         let envelope = Envelope::new(Kind::Scene, "s");
         let frames = SceneView::event_frames(&envelope, &status("a", true));
-        let Frame::Text(text) = &frames[0] else {
-            panic!()
-        };
-        let message: Value = serde_json::from_str(text.as_str()).unwrap();
+        let message: Value = serde_json::from_str(frames[0].as_str()).unwrap();
         assert_eq!(message["type"], "storage_location_status_change");
         assert_eq!(message["action"], "OCCUPY");
         assert_eq!(message["new_status"]["id"], "a");
@@ -482,10 +473,32 @@ mod tests {
         };
         let frames = SceneView::event_frames(&envelope, &upsert);
         assert_eq!(frames.len(), 1);
-        let message: Value = serde_json::from_str(frames[0].clone().into_text().as_str()).unwrap();
+        let message: Value = serde_json::from_str(frames[0].as_str()).unwrap();
         assert_eq!(message["type"], "storage_location_update");
         assert_eq!(message["data"]["total"], 2);
         assert_eq!(ids(&message["data"]), vec!["a", "b"]);
+        let many = SceneEvent {
+            scene_id: "s".into(),
+            rev: 3,
+            change: SceneChange::Upsert {
+                storage_locations: (0..1500)
+                    .map(|i| location(&format!("{i:04}"), "S1", i))
+                    .collect(),
+            },
+        };
+        let frames = SceneView::event_frames(&envelope, &many);
+        assert_eq!(frames.len(), 1, "one message, however many locations");
+        let message: Value = serde_json::from_str(frames[0].as_str()).unwrap();
+        assert_eq!(message["data"]["total"], 1500);
+        assert_eq!(message["data"]["page_size"], 1500);
+        assert_eq!(message["data"]["total_pages"], 1);
+        assert_eq!(
+            message["data"]["storage_locations"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1500
+        );
         let removal = SceneEvent {
             scene_id: "s".into(),
             rev: 3,

@@ -57,7 +57,7 @@ impl View for TaskView {
     }
 
     fn event_frames(envelope: &Envelope, event: &TaskEvent) -> Vec<Frame> {
-        vec![envelope.state_now(&to_json(event.change.results()))]
+        vec![envelope.state(&to_json(event.change.results()))]
     }
 
     fn render(&self, _filter: &()) -> Vec<u8> {

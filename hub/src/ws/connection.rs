@@ -32,8 +32,10 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
-/// Frames written per flush at most, so one busy stream cannot starve the reader.
+/// Frames, and bytes, written per flush at most, so one busy stream cannot starve the reader
+/// and a write timeout covers a bounded amount of data.
 const MAX_BATCH: usize = 64;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// How long the closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -66,11 +68,8 @@ pub async fn reject(
 ) {
     let envelope = Envelope::new(endpoint.kind(), &lossy_id(raw_id));
     tracing::info!(endpoint = endpoint.segment(), error = %invalid, "rejected connection");
-    let _ = socket
-        .send(Message::Text(frame_text(
-            envelope.error(&invalid.to_string()),
-        )))
-        .await;
+    let error = envelope.error(&invalid.to_string());
+    let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(error))).await;
     close_socket(socket, close::POLICY, "invalid parameters").await;
 }
 
@@ -96,8 +95,8 @@ pub async fn serve(
     let envelope = Envelope::new(watch.endpoint.kind(), &watch.id);
     if !fanout.context.broker.is_connected() {
         tracing::info!(endpoint = watch.endpoint.segment(), id = %watch.id, "broker unavailable; asking the client to retry");
-        let text = frame_text(envelope.error("服务暂时不可用: 消息总线未连接,请稍后重试"));
-        let _ = socket.send(Message::Text(text)).await;
+        let text = envelope.error("服务暂时不可用: 消息总线未连接,请稍后重试");
+        let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(text))).await;
         close_socket(socket, close::TRY_AGAIN_LATER, "broker unavailable").await;
         return;
     }
@@ -210,7 +209,7 @@ impl Connection {
             let step = tokio::select! {
                 () = shutdown.cancelled() => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
                 () = too_slow.cancelled() => Err(Ending::Close(close::TRY_AGAIN_LATER, "client too slow")),
-                frame = self.inbox.frames.recv() => match frame {
+                frame = self.inbox.next() => match frame {
                     Some(frame) => self.write_batch(frame).await,
                     None => Err(Ending::Close(close::INTERNAL, "topic ended")),
                 },
@@ -240,7 +239,7 @@ impl Connection {
     async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
         let reply = match message {
             Message::Text(text) => match messages::parse_client_text(text.as_str()) {
-                Ok(ClientRequest::TextPing) => Some(Frame::Text(Utf8Bytes::from_static("pong"))),
+                Ok(ClientRequest::TextPing) => Some(Utf8Bytes::from_static("pong")),
                 Ok(ClientRequest::Ping) => Some(messages::pong()),
                 Ok(ClientRequest::GetStatus) => {
                     self.membership.request_status();
@@ -257,7 +256,7 @@ impl Connection {
             Message::Close(_) => return self.socket.flush().await.map_err(|_| Ending::Gone),
         };
         match reply {
-            Some(frame) => self.write(Message::Text(frame_text(frame))).await,
+            Some(frame) => self.write(Message::Text(frame)).await,
             None => Ok(()),
         }
     }
@@ -272,17 +271,21 @@ impl Connection {
             shutdown,
             ..
         } = self;
+        let too_slow = inbox.too_slow.clone();
         let write = async {
-            socket.feed(Message::Text(frame_text(first))).await?;
+            let mut bytes = first.len();
+            socket.feed(Message::Text(first)).await?;
             for _ in 1..MAX_BATCH {
-                match inbox.frames.try_recv() {
-                    Ok(frame) => socket.feed(Message::Text(frame_text(frame))).await?,
-                    Err(_) => break,
+                if bytes >= MAX_BATCH_BYTES {
+                    break;
                 }
+                let Some(frame) = inbox.try_next() else { break };
+                bytes += frame.len();
+                socket.feed(Message::Text(frame)).await?;
             }
             socket.flush().await
         };
-        guarded(write, settings, metrics, shutdown, &inbox.too_slow).await
+        guarded(write, settings, metrics, shutdown, &too_slow).await
     }
 
     async fn write(&mut self, message: Message) -> Result<(), Ending> {
@@ -323,10 +326,6 @@ async fn guarded(
     }
 }
 
-fn frame_text(frame: Frame) -> Utf8Bytes {
-    frame.into_text()
-}
-
 /// Maps a read error to how the connection ends: an oversized frame is answered with 1009.
 fn read_error(error: axum::Error) -> Ending {
     let inner = error.into_inner();
@@ -337,17 +336,17 @@ fn read_error(error: axum::Error) -> Ending {
     }
 }
 
-/// Sends a close frame and waits briefly for the client's reply, so it sees a clean close.
+/// Sends a close frame and waits briefly for the client's reply, so it sees a clean close; a
+/// client that does not read gets no more than [`CLOSE_GRACE`].
 async fn close_socket(mut socket: WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
     };
-    if socket.send(Message::Close(Some(frame))).await.is_err() {
-        return;
-    }
     let _ = timeout(CLOSE_GRACE, async {
-        while let Some(Ok(_)) = socket.recv().await {}
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            while let Some(Ok(_)) = socket.recv().await {}
+        }
     })
     .await;
 }
