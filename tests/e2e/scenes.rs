@@ -365,3 +365,79 @@ async fn get_status_answers_even_when_nothing_changed() {
     client.send_text("ping").await;
     assert_eq!(client.next().await, Received::Text("pong".into()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scene_that_appears_later_starts_with_its_state_not_a_change() {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    let hub = TestHub::start(&nats).await;
+    let mut client = Client::connect(&hub, "/ws/storage-location/s-new?interval=1").await;
+    let error = client.next_of_type("error").await;
+    assert_eq!(error["scene_id"], "s-new");
+
+    owner
+        .upsert("s-new", vec![location("s-new", "l-1", "A1", "S1", 1)])
+        .await;
+    owner
+        .change_status("s-new", "l-1", StatusAction::Occupy, |l| {
+            l.is_occupied = true
+        })
+        .await;
+    let first = update_data(&client.next_json().await, "s-new");
+    assert_eq!(
+        first["storage_locations"],
+        owner.scene_locations("s-new", |_| true).await
+    );
+    client.expect_silence(Duration::from_millis(1500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_ends_with_the_latest_word_on_every_location() {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner
+        .seed_scene("s-lag", vec![location("s-lag", "a", "A1", "S1", 1)])
+        .await;
+    let hub = TestHub::start_with(&nats, |c| c.client_queue = 4).await;
+    let mut client =
+        Client::connect_with_small_buffer(&hub, "/ws/storage-location/s-lag?interval=1").await;
+    client.next_of_type("storage_location_update").await;
+
+    // The client does not read while 200 changes of 24 KB each happen: more than the socket
+    // buffers hold, so notices overflow its queue.
+    let padding = "箱".repeat(8000);
+    for n in 0..200 {
+        owner
+            .change_status("s-lag", "a", StatusAction::Update, |l| {
+                l.goods_content = Some(format!("n{n:03}{padding}"));
+            })
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut last_word = None;
+    while let Some(received) = client.next_within(Duration::from_millis(2500)).await {
+        let Received::Json(message) = received else {
+            panic!("unexpected {received:?}")
+        };
+        last_word = match message["type"].as_str() {
+            Some("storage_location_status_change") => message["new_status"]["goods_content"]
+                .as_str()
+                .map(str::to_owned),
+            Some("storage_location_update") => message["data"]["storage_locations"][0]
+                ["goods_content"]
+                .as_str()
+                .map(str::to_owned),
+            _ => panic!("unexpected {message}"),
+        };
+    }
+    let last_word = last_word.unwrap_or_default();
+    assert!(
+        last_word.starts_with("n199"),
+        "the last word is {:?}",
+        &last_word[..4.min(last_word.len())]
+    );
+    assert!(
+        hub.metric("vwed_hub_messages_dropped_total").await > 0.0,
+        "the queue overflowed"
+    );
+}

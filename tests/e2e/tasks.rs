@@ -250,3 +250,29 @@ async fn an_unknown_task_gets_an_error_then_updates_once_it_exists() {
     let data = update_data(&client.next_json().await, "later");
     assert_eq!(data, owner.task_data("later").await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_joining_a_running_group_waits_a_full_interval_for_its_first_update() {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner.seed_task("t-g", results(&["[a] 1"])).await;
+    let hub = TestHub::start(&nats).await;
+
+    let mut early = Client::connect(&hub, "/ws/task-execution/t-g?interval=2").await;
+    update_data(&early.next_json().await, "t-g");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut late = Client::connect(&hub, "/ws/task-execution/t-g?interval=2").await;
+    update_data(&late.next_json().await, "t-g");
+    let late_initial = Instant::now();
+    owner.append("t-g", "[b] 2", TaskStatus::Running).await;
+
+    // The group ticks about 0.8 s after `late` joined: `early` is due, `late` is not yet.
+    update_data(&early.next_json().await, "t-g");
+    let data = update_data(&late.next_json().await, "t-g");
+    let waited = late_initial.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1950),
+        "first update {waited:?} after the initial state"
+    );
+    assert_eq!(data, owner.task_data("t-g").await);
+}

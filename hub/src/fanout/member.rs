@@ -3,7 +3,9 @@
 //! Two lanes lead to each connection. Changes (broadcast events, status-change notices, errors)
 //! go through a bounded queue, since every one of them matters. States go through a slot that
 //! holds only the newest: a client that reads slowly gets the latest state late rather than a
-//! backlog of stale ones, and a stalled client costs one state's memory at most.
+//! backlog of stale ones, and a stalled client costs one state's memory at most. The two lanes
+//! keep their order: a state is written after every change queued before it, so the last thing a
+//! client hears about a location is never older than what it was told before.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,17 +41,27 @@ pub enum Delivery {
 #[derive(Debug, Default)]
 struct StateSlot {
     /// Replaced, never appended to.
-    latest: Mutex<Option<Frame>>,
+    latest: Mutex<Option<PendingState>>,
     /// Wakes the writer when a state is put in.
     filled: Notify,
 }
 
+#[derive(Debug)]
+struct PendingState {
+    frame: Frame,
+    /// How many changes had been queued when this state was put in: it goes out after them.
+    after: u64,
+}
+
 impl StateSlot {
-    fn take(&self) -> Option<Frame> {
-        self.latest
-            .lock()
-            .map(|mut slot| slot.take())
-            .unwrap_or(None)
+    /// The pending state, if every change queued before it has been taken.
+    fn take_after(&self, taken: u64) -> Option<Frame> {
+        let mut slot = self.latest.lock().ok()?;
+        if slot.as_ref()?.after <= taken {
+            slot.take().map(|pending| pending.frame)
+        } else {
+            None
+        }
     }
 }
 
@@ -58,6 +70,8 @@ impl StateSlot {
 pub struct Outbox {
     /// Bounded, so a stalled socket costs a fixed amount of memory.
     frames: mpsc::Sender<Frame>,
+    /// Changes queued so far; only the connection's topic sends, so this orders the lanes.
+    queued: Arc<AtomicU64>,
     /// The state lane.
     state: Arc<StateSlot>,
     /// Cancelled to tell the connection to close with 1013 because it fell behind.
@@ -70,6 +84,8 @@ pub struct Outbox {
 pub struct Inbox {
     /// Changes in the order the fan-out produced them.
     frames: mpsc::Receiver<Frame>,
+    /// Changes taken from `frames` so far.
+    taken: u64,
     /// The state lane.
     state: Arc<StateSlot>,
     /// Cancelled when the fan-out gave up on this client.
@@ -83,12 +99,14 @@ pub fn outbox(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, Inbox) {
     let too_slow = CancellationToken::new();
     let outbox = Outbox {
         frames,
+        queued: Arc::default(),
         state: state.clone(),
         too_slow: too_slow.clone(),
         metrics,
     };
     let inbox = Inbox {
         frames: receiver,
+        taken: 0,
         state,
         too_slow,
     };
@@ -100,6 +118,7 @@ impl Outbox {
     pub fn offer(&self, frame: Frame) -> Delivery {
         match self.frames.try_send(frame) {
             Ok(()) => {
+                self.queued.fetch_add(1, Ordering::AcqRel);
                 self.metrics.messages_delivered.inc();
                 Delivery::Queued
             }
@@ -122,8 +141,12 @@ impl Outbox {
 
     /// Puts a state in the state lane, replacing one the client has not been sent yet.
     pub fn offer_state(&self, frame: Frame) {
+        let pending = PendingState {
+            frame,
+            after: self.queued.load(Ordering::Acquire),
+        };
         let replaced = match self.state.latest.lock() {
-            Ok(mut slot) => slot.replace(frame).is_some(),
+            Ok(mut slot) => slot.replace(pending).is_some(),
             Err(_) => return,
         };
         if replaced {
@@ -135,7 +158,7 @@ impl Outbox {
 }
 
 impl Inbox {
-    /// The next frame to write: the pending state first, then queued changes; waits for either.
+    /// The next frame to write, in the order the fan-out offered them; waits for one.
     /// Cancel-safe: a frame is only taken when this returns it.
     pub async fn next(&mut self) -> Option<Frame> {
         loop {
@@ -143,15 +166,23 @@ impl Inbox {
                 return Some(frame);
             }
             tokio::select! {
-                frame = self.frames.recv() => return frame,
+                frame = self.frames.recv() => {
+                    self.taken += 1;
+                    return frame;
+                }
                 () = self.state.filled.notified() => {}
             }
         }
     }
 
-    /// A frame that is ready now, if any.
+    /// The next frame if one is ready now.
     pub fn try_next(&mut self) -> Option<Frame> {
-        self.state.take().or_else(|| self.frames.try_recv().ok())
+        if let Some(state) = self.state.take_after(self.taken) {
+            return Some(state);
+        }
+        let frame = self.frames.try_recv().ok()?;
+        self.taken += 1;
+        Some(frame)
     }
 }
 
@@ -193,5 +224,62 @@ impl<F> Member<F> {
             outbox,
             status_requested: Arc::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &'static str) -> Frame {
+        Frame::from_static(text)
+    }
+
+    fn drain(inbox: &mut Inbox) -> Vec<String> {
+        std::iter::from_fn(|| inbox.try_next())
+            .map(|f| f.as_str().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_state_goes_out_after_the_changes_queued_before_it() {
+        let (outbox, mut inbox) = outbox(8, Arc::default());
+        outbox.offer(frame("change 1"));
+        outbox.offer(frame("change 2"));
+        outbox.offer_state(frame("state A"));
+        outbox.offer(frame("change 3"));
+        assert_eq!(
+            drain(&mut inbox),
+            ["change 1", "change 2", "state A", "change 3"]
+        );
+    }
+
+    #[test]
+    fn a_newer_state_replaces_an_unsent_one_and_keeps_its_place_after_later_changes() {
+        let (outbox, mut inbox) = outbox(8, Arc::default());
+        outbox.offer(frame("change 1"));
+        outbox.offer_state(frame("state A"));
+        outbox.offer(frame("change 2"));
+        outbox.offer_state(frame("state B"));
+        assert_eq!(drain(&mut inbox), ["change 1", "change 2", "state B"]);
+    }
+
+    #[test]
+    fn a_full_queue_drops_changes_but_never_the_latest_state() {
+        let (outbox, mut inbox) = outbox(2, Arc::default());
+        assert_eq!(outbox.offer(frame("change 1")), Delivery::Queued);
+        assert_eq!(outbox.offer(frame("change 2")), Delivery::Queued);
+        assert_eq!(outbox.offer(frame("change 3")), Delivery::Full);
+        outbox.offer_state(frame("state A"));
+        assert_eq!(drain(&mut inbox), ["change 1", "change 2", "state A"]);
+    }
+
+    #[test]
+    fn offer_or_close_gives_up_on_a_full_queue() {
+        let (outbox, inbox) = outbox(1, Arc::default());
+        outbox.offer_or_close(frame("change 1"));
+        assert!(!inbox.too_slow.is_cancelled());
+        outbox.offer_or_close(frame("change 2"));
+        assert!(inbox.too_slow.is_cancelled());
     }
 }

@@ -9,6 +9,8 @@ mod topic;
 
 use std::sync::Arc;
 
+use tokio::sync::broadcast;
+
 use crate::broker::BrokerEvent;
 use crate::view::{SceneView, TaskView};
 
@@ -48,50 +50,67 @@ impl FanOut {
             .broker_connected
             .set(i64::from(self.context.broker.is_connected()));
         loop {
-            let event = match events.recv().await {
-                Ok(event) => event,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    BrokerEvent::MessagesLost
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            let Some(event) = next_broker_event(&mut events).await else {
+                return;
             };
-            match event {
-                BrokerEvent::Connected => {
-                    metrics.broker_connected.set(1);
-                    metrics.broker_reconnects.inc();
-                    tracing::info!(
-                        tasks = self.tasks.len(),
-                        scenes = self.scenes.len(),
-                        "broker connected; re-snapshotting every watched key"
-                    );
-                }
-                BrokerEvent::Disconnected => {
-                    metrics.broker_connected.set(0);
-                    tracing::warn!(
-                        "broker disconnected; clients stay connected while it reconnects"
-                    );
-                    continue;
-                }
-                BrokerEvent::MessagesLost => {
-                    // The client reports every dropped message: let a burst of notices settle
-                    // into one round of snapshots.
-                    tokio::time::sleep(LOST_MESSAGES_SETTLE).await;
-                    while let Ok(later) = events.try_recv() {
-                        match later {
-                            BrokerEvent::Connected => {
-                                metrics.broker_connected.set(1);
-                            }
-                            BrokerEvent::Disconnected => {
-                                metrics.broker_connected.set(0);
-                            }
-                            BrokerEvent::MessagesLost => {}
-                        }
-                    }
-                    tracing::warn!("broker dropped messages; re-snapshotting every watched key");
+            let mut resnapshot = self.note(event);
+            if event == BrokerEvent::MessagesLost {
+                // The client reports every dropped message: let a burst of notices settle into
+                // one round of snapshots.
+                tokio::time::sleep(LOST_MESSAGES_SETTLE).await;
+                while let Some(later) = pending_broker_event(&mut events) {
+                    resnapshot |= self.note(later);
                 }
             }
-            self.tasks.resnapshot_all();
-            self.scenes.resnapshot_all();
+            if resnapshot {
+                tracing::info!(
+                    tasks = self.tasks.len(),
+                    scenes = self.scenes.len(),
+                    "events may have been lost; re-snapshotting every watched key"
+                );
+                self.tasks.resnapshot_all();
+                self.scenes.resnapshot_all();
+            }
         }
+    }
+
+    /// Records a broker event; true when it means events may have been lost.
+    fn note(&self, event: BrokerEvent) -> bool {
+        let metrics = &self.context.metrics;
+        match event {
+            BrokerEvent::Connected => {
+                metrics.broker_connected.set(1);
+                metrics.broker_reconnects.inc();
+                tracing::info!("broker connected");
+                true
+            }
+            BrokerEvent::Disconnected => {
+                metrics.broker_connected.set(0);
+                tracing::warn!("broker disconnected; clients stay connected while it reconnects");
+                false
+            }
+            BrokerEvent::MessagesLost => {
+                tracing::warn!("the broker dropped messages for a subscriber that fell behind");
+                true
+            }
+        }
+    }
+}
+
+/// The next broker event; falling behind the event stream itself counts as lost messages.
+async fn next_broker_event(events: &mut broadcast::Receiver<BrokerEvent>) -> Option<BrokerEvent> {
+    match events.recv().await {
+        Ok(event) => Some(event),
+        Err(broadcast::error::RecvError::Lagged(_)) => Some(BrokerEvent::MessagesLost),
+        Err(broadcast::error::RecvError::Closed) => None,
+    }
+}
+
+/// A broker event that is already waiting, if any.
+fn pending_broker_event(events: &mut broadcast::Receiver<BrokerEvent>) -> Option<BrokerEvent> {
+    match events.try_recv() {
+        Ok(event) => Some(event),
+        Err(broadcast::error::TryRecvError::Lagged(_)) => Some(BrokerEvent::MessagesLost),
+        Err(_) => None,
     }
 }

@@ -42,8 +42,13 @@ const MAX_BUFFERED_BYTES: usize = 32 * 1024 * 1024;
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
-/// Timer jitter tolerated when deciding whether a member's interval has passed.
-const TICK_SLACK: Duration = Duration::from_millis(50);
+/// A state stamped this recently is shared as it is (e.g. by every member that joined while the
+/// first snapshot was on its way) rather than copied with a new timestamp.
+const STAMP_REUSE: Duration = Duration::from_millis(100);
+
+/// Refusals of a snapshot older than the view before it is believed: an owner whose revs went
+/// back (a restored database) must not freeze the view for good.
+const MAX_STALE_REFUSALS: u32 = 3;
 
 /// Realtime members that share a filter and an interval, and so a timer and a render.
 type GroupKey<F> = (F, Duration);
@@ -109,6 +114,8 @@ struct Loading<E> {
     retry: Option<Pin<Box<Sleep>>>,
     /// Events may have been lost after the request on its way was sent: take one more after it.
     again: bool,
+    /// Snapshots refused in a row for being older than the view.
+    stale_refusals: u32,
 }
 
 struct Buffered<E> {
@@ -128,6 +135,7 @@ impl<E> Loading<E> {
             request: None,
             retry: Some(Box::pin(sleep(delay))),
             again: false,
+            stale_refusals: 0,
         }
     }
 
@@ -146,25 +154,14 @@ impl<E> Loading<E> {
     }
 }
 
-/// Which state a member is owed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Owed {
-    /// Nothing: it has what it asked for.
-    Nothing,
-    /// Its first state (realtime members, on join).
-    Initial,
-    /// An answer to `get_status`.
-    Status,
-}
-
 /// One member and what it has been sent.
 struct Watcher<F> {
     /// Where its frames go.
     outbox: Outbox,
     /// Broadcast, or realtime with its filter and interval.
     mode: Mode<F>,
-    /// A state it is owed and that could not be given yet.
-    owed: Owed,
+    /// It is owed a state (its first, or an answer to `get_status`) not given yet.
+    pending: bool,
     /// It was told the state is unavailable during the current outage.
     told_unavailable: bool,
     /// Hash of the last state it was sent, for "only when changed".
@@ -190,6 +187,23 @@ struct Render {
     hash: u64,
     /// The state message's `data`.
     data: Bytes,
+    /// The last state message made of `data`, and when it was stamped.
+    stamped: Option<(Instant, Frame)>,
+}
+
+impl Render {
+    /// A state message of this render, stamped now unless one was stamped a moment ago.
+    fn frame(&mut self, envelope: &Envelope) -> Frame {
+        let now = Instant::now();
+        match &self.stamped {
+            Some((at, frame)) if now.duration_since(*at) < STAMP_REUSE => frame.clone(),
+            _ => {
+                let frame = envelope.state(&self.data);
+                self.stamped = Some((now, frame.clone()));
+                frame
+            }
+        }
+    }
 }
 
 impl<V: View> Topic<V> {
@@ -247,7 +261,8 @@ impl<V: View> Topic<V> {
                     SnapshotStep::RetryDue => self.request_snapshot().await,
                 },
                 Some(due) = self.ticks.next(), if !self.ticks.is_empty() => {
-                    self.on_tick(due.into_inner());
+                    let deadline = due.deadline();
+                    self.on_tick(due.into_inner(), deadline);
                 }
             }
         }
@@ -263,10 +278,8 @@ impl<V: View> Topic<V> {
             Command::GetStatus(id) => {
                 if let Some(watcher) = self.members.get_mut(&id) {
                     watcher.status_requested.store(false, Ordering::Release);
-                    if watcher.owed == Owed::Nothing {
-                        watcher.owed = Owed::Status;
-                    }
-                    self.deliver_state(id);
+                    watcher.pending = true;
+                    self.deliver_state(id, true);
                 }
             }
             Command::Leave(id) => {
@@ -281,7 +294,7 @@ impl<V: View> Topic<V> {
     }
 
     fn join(&mut self, member: Member<V::Filter>) {
-        let owed = match &member.mode {
+        let realtime = match &member.mode {
             Mode::Realtime { filter, interval } => {
                 let key = (filter.clone(), *interval);
                 let ticks = &mut self.ticks;
@@ -293,21 +306,21 @@ impl<V: View> Topic<V> {
                     })
                     .members
                     .insert(member.id);
-                Owed::Initial
+                true
             }
-            Mode::Broadcast => Owed::Nothing,
+            Mode::Broadcast => false,
         };
         let watcher = Watcher {
             outbox: member.outbox,
             mode: member.mode,
-            owed,
+            pending: realtime,
             told_unavailable: false,
             last_sent: None,
             next_update: Instant::now(),
             status_requested: member.status_requested,
         };
         self.members.insert(member.id, watcher);
-        self.deliver_state(member.id);
+        self.deliver_state(member.id, false);
     }
 
     fn leave(&mut self, id: MemberId) {
@@ -332,17 +345,18 @@ impl<V: View> Topic<V> {
         }
     }
 
-    /// Sends member `id` the state it is owed, or, while there is none, why not.
-    fn deliver_state(&mut self, id: MemberId) {
+    /// Sends member `id` the state it is owed or, while there is none, why not: once per outage,
+    /// and to every `get_status` (`asked`).
+    fn deliver_state(&mut self, id: MemberId, asked: bool) {
         let Some(watcher) = self.members.get_mut(&id) else {
             return;
         };
-        if watcher.owed == Owed::Nothing {
+        if !watcher.pending {
             return;
         }
         let Some(view) = &self.view else {
             let failing = matches!(&self.sync, Sync::Loading(l) if l.failures > 0);
-            if failing && !watcher.told_unavailable {
+            if failing && (asked || !watcher.told_unavailable) {
                 watcher.told_unavailable = true;
                 watcher
                     .outbox
@@ -350,7 +364,7 @@ impl<V: View> Topic<V> {
             }
             return;
         };
-        let owed = std::mem::replace(&mut watcher.owed, Owed::Nothing);
+        watcher.pending = false;
         watcher.told_unavailable = false;
         if !view.exists() {
             watcher.last_sent = None;
@@ -359,21 +373,21 @@ impl<V: View> Topic<V> {
                 .offer(self.envelope.error(&V::KIND.not_found_message(&self.id)));
             return;
         }
-        let default_filter = V::Filter::default();
-        let filter = match &watcher.mode {
-            Mode::Realtime { filter, .. } => filter,
-            Mode::Broadcast => &default_filter,
-        };
-        let Some(render) = render(&mut self.renders, view, self.version, filter) else {
-            return;
-        };
-        watcher
-            .outbox
-            .offer_state(self.envelope.state(&render.data));
-        if let Mode::Realtime { interval, .. } = &watcher.mode {
-            watcher.last_sent = Some(render.hash);
-            if owed == Owed::Initial {
-                watcher.next_update = Instant::now() + *interval;
+        match &watcher.mode {
+            Mode::Realtime { filter, interval } => {
+                let Some(render) = render(&mut self.renders, view, self.version, filter) else {
+                    return;
+                };
+                watcher.outbox.offer_state(render.frame(&self.envelope));
+                if watcher.last_sent.is_none() {
+                    watcher.next_update = Instant::now() + *interval;
+                }
+                watcher.last_sent = Some(render.hash);
+            }
+            // Broadcast members ask rarely, so their render is not kept.
+            Mode::Broadcast => {
+                let data = view.render(&V::Filter::default());
+                watcher.outbox.offer_state(self.envelope.state(&data));
             }
         }
     }
@@ -383,42 +397,43 @@ impl<V: View> Topic<V> {
         let owed: Vec<MemberId> = self
             .members
             .iter()
-            .filter(|(_, w)| w.owed != Owed::Nothing)
+            .filter(|(_, w)| w.pending)
             .map(|(id, _)| *id)
             .collect();
         for id in owed {
-            self.deliver_state(id);
+            self.deliver_state(id, false);
         }
     }
 
-    /// A group's interval came round: members whose view changed get the state, rendered and
-    /// stamped once for all of them.
-    fn on_tick(&mut self, key: GroupKey<V::Filter>) {
+    /// A group's tick, scheduled for `deadline`: members whose view changed and whose interval
+    /// has passed get the state, rendered and stamped once for all of them.
+    fn on_tick(&mut self, key: GroupKey<V::Filter>, deadline: Instant) {
         let Some(group) = self.groups.get_mut(&key) else {
             return;
         };
         let (filter, interval) = &key;
-        group.tick = self.ticks.insert(key.clone(), *interval);
+        // Ticks keep to their schedule, so "an interval since the last update" compares
+        // schedule with schedule, with no slack for timer jitter.
+        let next_tick = deadline + *interval;
+        group.tick = self.ticks.insert_at(key.clone(), next_tick);
         let Some(view) = self.view.as_ref().filter(|view| view.exists()) else {
             return;
         };
         let Some(render) = render(&mut self.renders, view, self.version, filter) else {
             return;
         };
-        let now = Instant::now();
         let mut frame: Option<Frame> = None;
         for id in &group.members {
             let Some(watcher) = self.members.get_mut(id) else {
                 continue;
             };
-            let due = watcher.next_update <= now + TICK_SLACK;
-            if watcher.owed == Owed::Initial || watcher.last_sent == Some(render.hash) || !due {
+            if watcher.last_sent == Some(render.hash) || watcher.next_update > deadline {
                 continue;
             }
-            let frame = frame.get_or_insert_with(|| self.envelope.state(&render.data));
+            let frame = frame.get_or_insert_with(|| render.frame(&self.envelope));
             watcher.outbox.offer_state(frame.clone());
             watcher.last_sent = Some(render.hash);
-            watcher.next_update = now + *interval;
+            watcher.next_update = next_tick;
         }
     }
 
@@ -449,10 +464,10 @@ impl<V: View> Topic<V> {
         if let Sync::Loading(loading) = &mut self.sync {
             loading.buffer(event, rev, payload.len());
         } else if let Err(event) = self.apply(event, frames) {
-            self.gaps += 1;
+            // At once, unless recent gaps went unexplained: then the publisher is at fault.
             let delay = match self.gaps {
-                1 => Duration::ZERO,
-                gaps => retry_delay(gaps - 1),
+                0 => Duration::ZERO,
+                gaps => retry_delay(gaps),
             };
             tracing::info!(kind = V::KIND.label(), id = %self.id, rev, ?delay, "missed events; taking a fresh snapshot");
             let mut loading = Loading::after(delay);
@@ -488,11 +503,11 @@ impl<V: View> Topic<V> {
                     let frames =
                         frames.get_or_insert_with(|| V::event_frames(&self.envelope, &event));
                     for id in &group.members {
-                        // A member still waiting for its first state will see this in it.
+                        // A member that has no state yet will see this in its first one.
                         let Some(watcher) = self.members.get(id) else {
                             continue;
                         };
-                        if watcher.owed != Owed::Initial {
+                        if watcher.last_sent.is_some() {
                             for frame in frames.iter() {
                                 watcher.outbox.offer(frame.clone());
                             }
@@ -511,9 +526,16 @@ impl<V: View> Topic<V> {
 
     fn on_snapshot(&mut self, reply: Result<Bytes, BrokerError>) {
         let kind = V::KIND.label();
+        let refusals = match &self.sync {
+            Sync::Loading(loading) => loading.stale_refusals,
+            Sync::Live => 0,
+        };
         let parsed = match reply {
             Ok(payload) => match view::parse_snapshot::<V>(&self.id, &payload) {
-                Ok(Some((rev, _))) if self.view_rev.is_some_and(|held| rev < held) => {
+                Ok(Some((rev, _)))
+                    if self.view_rev.is_some_and(|held| rev < held)
+                        && refusals < MAX_STALE_REFUSALS =>
+                {
                     Err("stale_snapshot")
                 }
                 Ok(snapshot) => Ok(snapshot),
@@ -534,6 +556,9 @@ impl<V: View> Topic<V> {
             Ok(snapshot) => snapshot,
             Err(reason) => {
                 self.context.metrics.snapshot(kind, reason);
+                if reason == "stale_snapshot" {
+                    loading.stale_refusals += 1;
+                }
                 loading.failures += 1;
                 let delay = retry_delay(loading.failures);
                 loading.retry = Some(Box::pin(sleep(delay)));
@@ -555,6 +580,9 @@ impl<V: View> Topic<V> {
         let Sync::Loading(loading) = std::mem::replace(&mut self.sync, Sync::Live) else {
             return;
         };
+        if loading.stale_refusals >= MAX_STALE_REFUSALS {
+            tracing::warn!(kind, id = %self.id, held = ?self.view_rev, "the owner's rev went back; believing its snapshot");
+        }
         let (snapshot_rev, view) = match snapshot {
             Some((rev, view)) => (Some(rev), view),
             None => (None, V::default()),
@@ -562,30 +590,23 @@ impl<V: View> Topic<V> {
         self.view = Some(view);
         self.view_rev = snapshot_rev;
         self.version += 1;
-        // The snapshot was taken after these events arrived: one that still shows a gap will not
-        // apply to any snapshot soon, so it is dropped rather than waited for.
+        // The snapshot was taken after these events arrived: one that still shows a gap is not
+        // the owner's state, so it is dropped rather than waited for.
         let mut gap = false;
         for buffered in loading.buffer {
             if self.apply(buffered.event, None).is_err() {
                 gap = true;
-                self.reject(
-                    "gap",
-                    &format_args!("event rev {} does not fit the snapshot", buffered.rev),
-                );
+                let detail = format_args!("event rev {} does not fit the snapshot", buffered.rev);
+                self.reject("gap", &detail);
             }
         }
         self.gaps = if gap { self.gaps + 1 } else { 0 };
         let uncovered = loading
             .dropped_rev
             .is_some_and(|dropped| snapshot_rev.is_none_or(|rev| dropped > rev));
-        if gap || uncovered || loading.again {
-            let delay = if gap {
-                retry_delay(self.gaps)
-            } else {
-                Duration::ZERO
-            };
-            tracing::info!(kind, id = %self.id, gap, uncovered, "taking another snapshot");
-            self.sync = Sync::Loading(Loading::after(delay));
+        if uncovered || loading.again {
+            tracing::info!(kind, id = %self.id, uncovered, "taking another snapshot");
+            self.sync = Sync::Loading(Loading::after(Duration::ZERO));
         }
         self.deliver_owed_states();
     }
@@ -661,7 +682,7 @@ fn render<'a, V: View>(
     view: &V,
     version: u64,
     filter: &V::Filter,
-) -> Option<&'a Render> {
+) -> Option<&'a mut Render> {
     let render = if renders.contains_key(filter) {
         renders.get_mut(filter)?
     } else {
@@ -669,6 +690,7 @@ fn render<'a, V: View>(
             version: 0,
             hash: 0,
             data: Bytes::new(),
+            stamped: None,
         })
     };
     if render.version != version || render.data.is_empty() {
@@ -679,6 +701,7 @@ fn render<'a, V: View>(
         if hash != render.hash || render.data.is_empty() {
             render.data = Bytes::from(data);
             render.hash = hash;
+            render.stamped = None;
         }
         render.version = version;
     }

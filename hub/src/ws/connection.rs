@@ -124,9 +124,14 @@ pub async fn serve(
     };
     let ending = connection.run().await;
     let Connection {
-        socket, membership, ..
+        socket,
+        membership,
+        inbox,
+        ..
     } = connection;
+    // Leave and free the queue before the (bounded) wait for the closing handshake.
     drop(membership);
+    drop(inbox);
     gauge.dec();
     let code = match ending {
         Ending::Close(code, reason) => {
