@@ -14,7 +14,12 @@ use clap::Parser;
 ///
 /// Also serves /healthz (alive), /readyz (NATS connected) and /metrics (Prometheus).
 #[derive(Debug, Clone, Parser)]
-#[command(version, about, long_about)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_help = "Logs go to stderr; set the level with RUST_LOG (default: info), e.g. RUST_LOG=vwed_hub=debug."
+)]
 pub struct Config {
     /// Address to serve HTTP and WebSocket connections on.
     #[arg(long, env = "VWED_LISTEN", default_value = "0.0.0.0:8000")]

@@ -32,6 +32,12 @@
 //! when needed), which keeps increasing across restarts. A service with its own row versions
 //! publishes those instead with [`Publisher::publish_task`] / [`Publisher::publish_scene`].
 //!
+//! Publish each key's events in rev order: the hub drops an event whose rev is not above the last
+//! one it saw for that key. The convenience methods (`append_task_results`, `status_change`, ...)
+//! take the rev and hand the event to the connection under one lock, so concurrent calls on one
+//! publisher stay in order. Across processes, let one instance own a key at a time (as a task
+//! engine owns its tasks), or take revs from the store that orders the writes.
+//!
 //! ## Example
 //!
 //! A task engine that appends a result and answers snapshots from its in-memory state
