@@ -417,3 +417,48 @@ async fn an_event_no_snapshot_explains_is_dropped_without_a_storm_of_requests() 
     let update = client.next_of_type("task_execution_update").await;
     assert_eq!(update["data"], owner.task_data("t-bad").await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_lost_while_a_snapshot_is_on_its_way_is_recovered() {
+    let mut nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    owner
+        .seed_task(
+            "t-late",
+            vec![TaskResult::now("[a] 0", TaskStatus::Running)],
+        )
+        .await;
+    let hub = TestHub::start_with(&nats, |c| c.snapshot_timeout = Duration::from_secs(5)).await;
+    let mut client = Client::connect(&hub, "/ws/task-execution/t-late?interval=1").await;
+    client.next_of_type("task_execution_update").await;
+    hub.wait_for_subscriptions(1).await;
+
+    // A reconnect makes the hub re-snapshot; the owner answers a second late, from state read
+    // before what follows. Meanwhile result 1 is lost on the way and result 2 arrives.
+    owner.delay_replies(Duration::from_secs(1));
+    nats.restart().await;
+    hub.wait_until_ready().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    owner.delay_replies(Duration::ZERO);
+    owner
+        .append_unpublished("t-late", "[b] 1", TaskStatus::Running)
+        .await;
+    let third = owner
+        .append_unpublished("t-late", "[c] 2", TaskStatus::Success)
+        .await;
+    owner
+        .publisher()
+        .publish_task(&third)
+        .await
+        .expect("publish");
+    owner.publisher().flush().await.expect("flush");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let update = client.next_of_type("task_execution_update").await;
+        if update["data"] == owner.task_data("t-late").await {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stuck at {update}");
+    }
+}

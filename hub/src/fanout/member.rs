@@ -49,29 +49,43 @@ struct StateSlot {
 #[derive(Debug)]
 struct PendingState {
     frame: Frame,
-    /// How many changes had been queued when this state was put in: it goes out after them.
+    /// The sequence number the next change would have had when this state was put in: changes
+    /// numbered below it were queued before it.
     after: u64,
 }
 
 impl StateSlot {
-    /// The pending state, if every change queued before it has been taken.
-    fn take_after(&self, taken: u64) -> Option<Frame> {
+    /// The pending state, if no change numbered below `next_change` was queued before it.
+    /// Checked and taken under one lock, so a newer state put in meanwhile is never taken early.
+    fn take_if_due(&self, next_change: u64) -> Option<Frame> {
         let mut slot = self.latest.lock().ok()?;
-        if slot.as_ref()?.after <= taken {
+        if slot.as_ref()?.after <= next_change {
             slot.take().map(|pending| pending.frame)
         } else {
             None
         }
+    }
+
+    /// Whether a pending state was put in after change `seq`.
+    fn covers(&self, seq: u64) -> bool {
+        self.latest
+            .lock()
+            .map(|slot| slot.as_ref().is_some_and(|pending| seq < pending.after))
+            .unwrap_or(false)
     }
 }
 
 /// The sending side of one connection.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    /// Bounded, so a stalled socket costs a fixed amount of memory.
-    frames: mpsc::Sender<Frame>,
-    /// Changes queued so far; only the connection's topic sends, so this orders the lanes.
-    queued: Arc<AtomicU64>,
+    /// Bounded, so a stalled socket costs a fixed amount of memory. Each change carries its
+    /// sequence number, so the writer can put states in their place.
+    frames: mpsc::Sender<(u64, Frame)>,
+    /// The sequence number of the next change; only the connection's topic sends.
+    next_seq: Arc<AtomicU64>,
+    /// Set when a change was dropped for a full queue: the next state then stands in for the
+    /// changes queued before it, which the writer skips.
+    lossy: Arc<AtomicBool>,
     /// The state lane.
     state: Arc<StateSlot>,
     /// Cancelled to tell the connection to close with 1013 because it fell behind.
@@ -83,32 +97,43 @@ pub struct Outbox {
 /// The receiving side, owned by the connection.
 pub struct Inbox {
     /// Changes in the order the fan-out produced them.
-    frames: mpsc::Receiver<Frame>,
-    /// Changes taken from `frames` so far.
-    taken: u64,
+    frames: mpsc::Receiver<(u64, Frame)>,
+    /// A change taken from `frames` that waits for a state queued before it.
+    held: Option<(u64, Frame)>,
+    /// The sequence number of the next change `frames` will yield.
+    next_seq: u64,
+    /// Shared with the outbox.
+    lossy: Arc<AtomicBool>,
     /// The state lane.
     state: Arc<StateSlot>,
     /// Cancelled when the fan-out gave up on this client.
     pub too_slow: CancellationToken,
+    /// Counts changes skipped because a state covers them.
+    metrics: Arc<Metrics>,
 }
 
 /// A connection's two lanes, the change queue holding up to `capacity` frames.
 pub fn outbox(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, Inbox) {
     let (frames, receiver) = mpsc::channel(capacity.max(1));
     let state = Arc::new(StateSlot::default());
+    let lossy = Arc::new(AtomicBool::new(false));
     let too_slow = CancellationToken::new();
     let outbox = Outbox {
         frames,
-        queued: Arc::default(),
+        next_seq: Arc::default(),
+        lossy: lossy.clone(),
         state: state.clone(),
         too_slow: too_slow.clone(),
-        metrics,
+        metrics: metrics.clone(),
     };
     let inbox = Inbox {
         frames: receiver,
-        taken: 0,
+        held: None,
+        next_seq: 0,
+        lossy,
         state,
         too_slow,
+        metrics,
     };
     (outbox, inbox)
 }
@@ -116,13 +141,15 @@ pub fn outbox(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, Inbox) {
 impl Outbox {
     /// Queues a change without waiting.
     pub fn offer(&self, frame: Frame) -> Delivery {
-        match self.frames.try_send(frame) {
+        let seq = self.next_seq.load(Ordering::Acquire);
+        match self.frames.try_send((seq, frame)) {
             Ok(()) => {
-                self.queued.fetch_add(1, Ordering::AcqRel);
+                self.next_seq.store(seq + 1, Ordering::Release);
                 self.metrics.messages_delivered.inc();
                 Delivery::Queued
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lossy.store(true, Ordering::Release);
                 self.metrics.messages_dropped.inc();
                 Delivery::Full
             }
@@ -143,7 +170,7 @@ impl Outbox {
     pub fn offer_state(&self, frame: Frame) {
         let pending = PendingState {
             frame,
-            after: self.queued.load(Ordering::Acquire),
+            after: self.next_seq.load(Ordering::Acquire),
         };
         let replaced = match self.state.latest.lock() {
             Ok(mut slot) => slot.replace(pending).is_some(),
@@ -159,16 +186,17 @@ impl Outbox {
 
 impl Inbox {
     /// The next frame to write, in the order the fan-out offered them; waits for one.
-    /// Cancel-safe: a frame is only taken when this returns it.
+    /// Cancel-safe: a frame taken from the queue is held until it is returned.
     pub async fn next(&mut self) -> Option<Frame> {
         loop {
             if let Some(frame) = self.try_next() {
                 return Some(frame);
             }
             tokio::select! {
-                frame = self.frames.recv() => {
-                    self.taken += 1;
-                    return frame;
+                change = self.frames.recv() => {
+                    let change = change?;
+                    self.next_seq = change.0 + 1;
+                    self.held = Some(change);
                 }
                 () = self.state.filled.notified() => {}
             }
@@ -177,12 +205,26 @@ impl Inbox {
 
     /// The next frame if one is ready now.
     pub fn try_next(&mut self) -> Option<Frame> {
-        if let Some(state) = self.state.take_after(self.taken) {
-            return Some(state);
+        loop {
+            if self.held.is_none() {
+                if let Ok(change) = self.frames.try_recv() {
+                    self.next_seq = change.0 + 1;
+                    self.held = Some(change);
+                }
+            }
+            let first_unsent = self.held.as_ref().map_or(self.next_seq, |(seq, _)| *seq);
+            if let Some(state) = self.state.take_if_due(first_unsent) {
+                self.lossy.store(false, Ordering::Release);
+                return Some(state);
+            }
+            let (seq, frame) = self.held.take()?;
+            // After a loss, a pending state is the truth about everything queued before it.
+            if self.lossy.load(Ordering::Acquire) && self.state.covers(seq) {
+                self.metrics.messages_dropped.inc();
+                continue;
+            }
+            return Some(frame);
         }
-        let frame = self.frames.try_recv().ok()?;
-        self.taken += 1;
-        Some(frame)
     }
 }
 
@@ -265,13 +307,35 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_drops_changes_but_never_the_latest_state() {
+    fn after_a_loss_the_state_stands_in_for_the_changes_before_it() {
         let (outbox, mut inbox) = outbox(2, Arc::default());
         assert_eq!(outbox.offer(frame("change 1")), Delivery::Queued);
         assert_eq!(outbox.offer(frame("change 2")), Delivery::Queued);
         assert_eq!(outbox.offer(frame("change 3")), Delivery::Full);
         outbox.offer_state(frame("state A"));
-        assert_eq!(drain(&mut inbox), ["change 1", "change 2", "state A"]);
+        assert_eq!(drain(&mut inbox), ["state A"]);
+        // Once the state is out, changes flow in order again.
+        outbox.offer(frame("change 4"));
+        outbox.offer_state(frame("state B"));
+        outbox.offer(frame("change 5"));
+        assert_eq!(drain(&mut inbox), ["change 4", "state B", "change 5"]);
+    }
+
+    #[test]
+    fn a_change_received_while_waiting_keeps_its_place_after_an_earlier_state() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (outbox, mut inbox) = outbox(8, Arc::default());
+            outbox.offer(frame("change 1"));
+            assert_eq!(inbox.next().await.unwrap().as_str(), "change 1");
+            outbox.offer_state(frame("state A"));
+            outbox.offer(frame("change 2"));
+            assert_eq!(inbox.next().await.unwrap().as_str(), "state A");
+            assert_eq!(inbox.next().await.unwrap().as_str(), "change 2");
+        });
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, Instant, Sleep};
 use tokio_util::time::{delay_queue, DelayQueue};
 
-use super::member::{Member, MemberId, Mode, Outbox};
+use super::member::{Delivery, Member, MemberId, Mode, Outbox};
 use super::registry::{Command, Departure, TopicContext};
 use crate::broker::{BrokerError, Subscription};
 use crate::messages::{Envelope, Frame};
@@ -116,9 +116,15 @@ struct Loading<E> {
     again: bool,
     /// Snapshots refused in a row for being older than the view.
     stale_refusals: u32,
+    /// Events buffered so far, dropped ones included.
+    arrivals: u64,
+    /// `arrivals` when the last request was sent: later events may postdate its snapshot.
+    arrivals_at_request: u64,
 }
 
 struct Buffered<E> {
+    /// Position in arrival order, counted over the whole loading.
+    arrival: u64,
     rev: u64,
     size: usize,
     event: E,
@@ -136,10 +142,14 @@ impl<E> Loading<E> {
             retry: Some(Box::pin(sleep(delay))),
             again: false,
             stale_refusals: 0,
+            arrivals: 0,
+            arrivals_at_request: 0,
         }
     }
 
     fn buffer(&mut self, event: E, rev: u64, size: usize) {
+        let arrival = self.arrivals;
+        self.arrivals += 1;
         while self.buffer.len() >= MAX_BUFFERED_EVENTS
             || (self.buffered_bytes + size > MAX_BUFFERED_BYTES && !self.buffer.is_empty())
         {
@@ -150,7 +160,12 @@ impl<E> Loading<E> {
             self.dropped_rev = Some(self.dropped_rev.map_or(oldest.rev, |d| d.max(oldest.rev)));
         }
         self.buffered_bytes += size;
-        self.buffer.push_back(Buffered { rev, size, event });
+        self.buffer.push_back(Buffered {
+            arrival,
+            rev,
+            size,
+            event,
+        });
     }
 }
 
@@ -279,7 +294,7 @@ impl<V: View> Topic<V> {
                 if let Some(watcher) = self.members.get_mut(&id) {
                     watcher.status_requested.store(false, Ordering::Release);
                     watcher.pending = true;
-                    self.deliver_state(id, true);
+                    self.deliver_state(id, true, Instant::now());
                 }
             }
             Command::Leave(id) => {
@@ -320,7 +335,7 @@ impl<V: View> Topic<V> {
             status_requested: member.status_requested,
         };
         self.members.insert(member.id, watcher);
-        self.deliver_state(member.id, false);
+        self.deliver_state(member.id, false, Instant::now());
     }
 
     fn leave(&mut self, id: MemberId) {
@@ -346,8 +361,10 @@ impl<V: View> Topic<V> {
     }
 
     /// Sends member `id` the state it is owed or, while there is none, why not: once per outage,
-    /// and to every `get_status` (`asked`).
-    fn deliver_state(&mut self, id: MemberId, asked: bool) {
+    /// and to every `get_status` (`asked`). `now` is shared by members served together, so that
+    /// their periodic updates fall due on the same tick.
+    fn deliver_state(&mut self, id: MemberId, asked: bool, now: Instant) {
+        let group_has_state = self.group_has_state(id);
         let Some(watcher) = self.members.get_mut(&id) else {
             return;
         };
@@ -380,7 +397,14 @@ impl<V: View> Topic<V> {
                 };
                 watcher.outbox.offer_state(render.frame(&self.envelope));
                 if watcher.last_sent.is_none() {
-                    watcher.next_update = Instant::now() + *interval;
+                    watcher.next_update = now + *interval;
+                    // The first state of a group sets its clock, so its first periodic update
+                    // comes one interval later, not up to two.
+                    if !group_has_state {
+                        if let Some(group) = self.groups.get(&(filter.clone(), *interval)) {
+                            self.ticks.reset_at(&group.tick, now + *interval);
+                        }
+                    }
                 }
                 watcher.last_sent = Some(render.hash);
             }
@@ -400,9 +424,29 @@ impl<V: View> Topic<V> {
             .filter(|(_, w)| w.pending)
             .map(|(id, _)| *id)
             .collect();
+        let now = Instant::now();
         for id in owed {
-            self.deliver_state(id, false);
+            self.deliver_state(id, false, now);
         }
+    }
+
+    /// Whether another member of `id`'s realtime group has been sent a state.
+    fn group_has_state(&self, id: MemberId) -> bool {
+        let Some(Mode::Realtime { filter, interval }) = self.members.get(&id).map(|w| &w.mode)
+        else {
+            return false;
+        };
+        self.groups
+            .get(&(filter.clone(), *interval))
+            .is_some_and(|group| {
+                group.members.iter().any(|other| {
+                    *other != id
+                        && self
+                            .members
+                            .get(other)
+                            .is_some_and(|w| w.last_sent.is_some())
+                })
+            })
     }
 
     /// A group's tick, scheduled for `deadline`: members whose view changed and whose interval
@@ -414,7 +458,12 @@ impl<V: View> Topic<V> {
         let (filter, interval) = &key;
         // Ticks keep to their schedule, so "an interval since the last update" compares
         // schedule with schedule, with no slack for timer jitter.
-        let next_tick = deadline + *interval;
+        let mut next_tick = deadline + *interval;
+        // After a stall, skip the ticks that were missed rather than fire them in a burst.
+        let now = Instant::now();
+        while next_tick <= now {
+            next_tick += *interval;
+        }
         group.tick = self.ticks.insert_at(key.clone(), next_tick);
         let Some(view) = self.view.as_ref().filter(|view| view.exists()) else {
             return;
@@ -504,12 +553,16 @@ impl<V: View> Topic<V> {
                         frames.get_or_insert_with(|| V::event_frames(&self.envelope, &event));
                     for id in &group.members {
                         // A member that has no state yet will see this in its first one.
-                        let Some(watcher) = self.members.get(id) else {
+                        let Some(watcher) = self.members.get_mut(id) else {
                             continue;
                         };
                         if watcher.last_sent.is_some() {
                             for frame in frames.iter() {
-                                watcher.outbox.offer(frame.clone());
+                                if watcher.outbox.offer(frame.clone()) == Delivery::Full {
+                                    // Its next state, which the writer puts before the changes
+                                    // it covers, must go out even if nothing else changes.
+                                    watcher.last_sent = None;
+                                }
                             }
                         }
                     }
@@ -590,21 +643,37 @@ impl<V: View> Topic<V> {
         self.view = Some(view);
         self.view_rev = snapshot_rev;
         self.version += 1;
-        // The snapshot was taken after these events arrived: one that still shows a gap is not
-        // the owner's state, so it is dropped rather than waited for.
+        // An event that arrived before the request and still shows a gap is not the owner's
+        // state: it is dropped. One that arrived while the request was out may be newer than the
+        // snapshot: it waits, with the rest, for another one.
         let mut gap = false;
+        let mut waiting: Option<Loading<V::Event>> = None;
         for buffered in loading.buffer {
-            if self.apply(buffered.event, None).is_err() {
+            if let Some(waiting) = &mut waiting {
+                waiting.buffer(buffered.event, buffered.rev, buffered.size);
+                continue;
+            }
+            let (arrival, rev, size) = (buffered.arrival, buffered.rev, buffered.size);
+            if let Err(event) = self.apply(buffered.event, None) {
                 gap = true;
-                let detail = format_args!("event rev {} does not fit the snapshot", buffered.rev);
-                self.reject("gap", &detail);
+                if arrival >= loading.arrivals_at_request {
+                    let mut again = Loading::after(retry_delay(self.gaps + 1));
+                    again.buffer(event, rev, size);
+                    waiting = Some(again);
+                } else {
+                    let detail = format_args!("event rev {rev} does not fit the snapshot");
+                    self.reject("gap", &detail);
+                }
             }
         }
         self.gaps = if gap { self.gaps + 1 } else { 0 };
         let uncovered = loading
             .dropped_rev
             .is_some_and(|dropped| snapshot_rev.is_none_or(|rev| dropped > rev));
-        if uncovered || loading.again {
+        if let Some(waiting) = waiting {
+            tracing::info!(kind, id = %self.id, "an event newer than the snapshot shows a gap; taking another");
+            self.sync = Sync::Loading(waiting);
+        } else if uncovered || loading.again {
             tracing::info!(kind, id = %self.id, uncovered, "taking another snapshot");
             self.sync = Sync::Loading(Loading::after(Duration::ZERO));
         }
@@ -634,6 +703,7 @@ impl<V: View> Topic<V> {
         };
         loading.retry = None;
         loading.again = false;
+        loading.arrivals_at_request = loading.arrivals;
         let context = &self.context;
         if self.events.is_none() {
             let subject = view::event_subject(V::KIND, &context.subjects, &self.id);
