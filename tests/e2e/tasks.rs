@@ -280,3 +280,31 @@ async fn a_client_joining_a_running_group_waits_a_full_interval_for_its_first_up
     );
     assert_eq!(data, owner.task_data("t-g").await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_coming_and_going_do_not_hold_back_a_waiting_one() {
+    let nats = Nats::start().await;
+    let owner = Owner::start(&nats.url()).await;
+    let hub = TestHub::start(&nats).await;
+    let mut waiting = Client::connect(&hub, "/ws/task-execution/t-cg?interval=2").await;
+    waiting.next_of_type("error").await;
+    owner.append("t-cg", "[a] 1", TaskStatus::Running).await;
+    let appended = Instant::now();
+
+    // Another panel on the same key keeps reconnecting meanwhile.
+    let churn = async {
+        for _ in 0..6 {
+            let mut other = Client::connect(&hub, "/ws/task-execution/t-cg?interval=2").await;
+            other.next_of_type("task_execution_update").await;
+            other.close().await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let watch = async {
+        let update = waiting.next_of_type("task_execution_update").await;
+        (update, appended.elapsed())
+    };
+    let ((update, waited), ()) = tokio::join!(watch, churn);
+    assert!(waited < Duration::from_millis(3000), "waited {waited:?}");
+    assert_eq!(update["data"], owner.task_data("t-cg").await);
+}

@@ -52,25 +52,31 @@ struct PendingState {
     /// The sequence number the next change would have had when this state was put in: changes
     /// numbered below it were queued before it.
     after: u64,
+    /// Notices dropped for a full queue before this state was put in.
+    losses: u64,
 }
 
 impl StateSlot {
     /// The pending state, if no change numbered below `next_change` was queued before it.
     /// Checked and taken under one lock, so a newer state put in meanwhile is never taken early.
-    fn take_if_due(&self, next_change: u64) -> Option<Frame> {
+    fn take_if_due(&self, next_change: u64) -> Option<PendingState> {
         let mut slot = self.latest.lock().ok()?;
         if slot.as_ref()?.after <= next_change {
-            slot.take().map(|pending| pending.frame)
+            slot.take()
         } else {
             None
         }
     }
 
-    /// Whether a pending state was put in after change `seq`.
-    fn covers(&self, seq: u64) -> bool {
+    /// Whether a pending state stands in for change `seq`: it was put in after that change and
+    /// after more notice losses than `losses_seen`, so it tells what the lost notices would have.
+    fn stands_in_for(&self, seq: u64, losses_seen: u64) -> bool {
         self.latest
             .lock()
-            .map(|slot| slot.as_ref().is_some_and(|pending| seq < pending.after))
+            .map(|slot| {
+                slot.as_ref()
+                    .is_some_and(|pending| seq < pending.after && pending.losses > losses_seen)
+            })
             .unwrap_or(false)
     }
 }
@@ -83,9 +89,9 @@ pub struct Outbox {
     frames: mpsc::Sender<(u64, Frame)>,
     /// The sequence number of the next change; only the connection's topic sends.
     next_seq: Arc<AtomicU64>,
-    /// Set when a change was dropped for a full queue: the next state then stands in for the
-    /// changes queued before it, which the writer skips.
-    lossy: Arc<AtomicBool>,
+    /// Notices dropped for a full queue so far: a state put in after a loss stands in for the
+    /// changes queued before it, which the writer then skips.
+    losses: Arc<AtomicU64>,
     /// The state lane.
     state: Arc<StateSlot>,
     /// Cancelled to tell the connection to close with 1013 because it fell behind.
@@ -102,8 +108,8 @@ pub struct Inbox {
     held: Option<(u64, Frame)>,
     /// The sequence number of the next change `frames` will yield.
     next_seq: u64,
-    /// Shared with the outbox.
-    lossy: Arc<AtomicBool>,
+    /// Notice losses already stood in for by a state the writer took.
+    losses_seen: u64,
     /// The state lane.
     state: Arc<StateSlot>,
     /// Cancelled when the fan-out gave up on this client.
@@ -116,12 +122,11 @@ pub struct Inbox {
 pub fn outbox(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, Inbox) {
     let (frames, receiver) = mpsc::channel(capacity.max(1));
     let state = Arc::new(StateSlot::default());
-    let lossy = Arc::new(AtomicBool::new(false));
     let too_slow = CancellationToken::new();
     let outbox = Outbox {
         frames,
         next_seq: Arc::default(),
-        lossy: lossy.clone(),
+        losses: Arc::default(),
         state: state.clone(),
         too_slow: too_slow.clone(),
         metrics: metrics.clone(),
@@ -130,7 +135,7 @@ pub fn outbox(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, Inbox) {
         frames: receiver,
         held: None,
         next_seq: 0,
-        lossy,
+        losses_seen: 0,
         state,
         too_slow,
         metrics,
@@ -149,12 +154,21 @@ impl Outbox {
                 Delivery::Queued
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.lossy.store(true, Ordering::Release);
                 self.metrics.messages_dropped.inc();
                 Delivery::Full
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
         }
+    }
+
+    /// Queues a status-change notice for a realtime client. One that does not fit is lost, and
+    /// the state that follows stands in for it.
+    pub fn offer_notice(&self, frame: Frame) -> Delivery {
+        let delivery = self.offer(frame);
+        if delivery == Delivery::Full {
+            self.losses.fetch_add(1, Ordering::AcqRel);
+        }
+        delivery
     }
 
     /// Queues a change, and closes the connection with 1013 when it cannot keep up: for streams
@@ -171,6 +185,7 @@ impl Outbox {
         let pending = PendingState {
             frame,
             after: self.next_seq.load(Ordering::Acquire),
+            losses: self.losses.load(Ordering::Acquire),
         };
         let replaced = match self.state.latest.lock() {
             Ok(mut slot) => slot.replace(pending).is_some(),
@@ -214,12 +229,12 @@ impl Inbox {
             }
             let first_unsent = self.held.as_ref().map_or(self.next_seq, |(seq, _)| *seq);
             if let Some(state) = self.state.take_if_due(first_unsent) {
-                self.lossy.store(false, Ordering::Release);
-                return Some(state);
+                self.losses_seen = state.losses;
+                return Some(state.frame);
             }
             let (seq, frame) = self.held.take()?;
             // After a loss, a pending state is the truth about everything queued before it.
-            if self.lossy.load(Ordering::Acquire) && self.state.covers(seq) {
+            if self.state.stands_in_for(seq, self.losses_seen) {
                 self.metrics.messages_dropped.inc();
                 continue;
             }
@@ -309,9 +324,9 @@ mod tests {
     #[test]
     fn after_a_loss_the_state_stands_in_for_the_changes_before_it() {
         let (outbox, mut inbox) = outbox(2, Arc::default());
-        assert_eq!(outbox.offer(frame("change 1")), Delivery::Queued);
-        assert_eq!(outbox.offer(frame("change 2")), Delivery::Queued);
-        assert_eq!(outbox.offer(frame("change 3")), Delivery::Full);
+        assert_eq!(outbox.offer_notice(frame("change 1")), Delivery::Queued);
+        assert_eq!(outbox.offer_notice(frame("change 2")), Delivery::Queued);
+        assert_eq!(outbox.offer_notice(frame("change 3")), Delivery::Full);
         outbox.offer_state(frame("state A"));
         assert_eq!(drain(&mut inbox), ["state A"]);
         // Once the state is out, changes flow in order again.
@@ -336,6 +351,27 @@ mod tests {
             assert_eq!(inbox.next().await.unwrap().as_str(), "state A");
             assert_eq!(inbox.next().await.unwrap().as_str(), "change 2");
         });
+    }
+
+    #[test]
+    fn a_dropped_error_does_not_let_a_state_swallow_events() {
+        let (outbox, mut inbox) = outbox(2, Arc::default());
+        outbox.offer_or_close(frame("event 1"));
+        outbox.offer_or_close(frame("event 2"));
+        assert_eq!(outbox.offer(frame("error")), Delivery::Full);
+        outbox.offer_state(frame("state A"));
+        assert_eq!(drain(&mut inbox), ["event 1", "event 2", "state A"]);
+    }
+
+    #[test]
+    fn only_a_state_put_in_after_a_loss_stands_in_for_earlier_changes() {
+        let (outbox, mut inbox) = outbox(2, Arc::default());
+        outbox.offer_notice(frame("change 1"));
+        outbox.offer_state(frame("state A"));
+        outbox.offer_notice(frame("change 2"));
+        assert_eq!(outbox.offer_notice(frame("change 3")), Delivery::Full);
+        // state A was put in before the loss: it does not know what change 3 said.
+        assert_eq!(drain(&mut inbox), ["change 1", "state A", "change 2"]);
     }
 
     #[test]

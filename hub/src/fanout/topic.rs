@@ -46,6 +46,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 /// first snapshot was on its way) rather than copied with a new timestamp.
 const STAMP_REUSE: Duration = Duration::from_millis(100);
 
+/// A tick this late is a stall, not timer jitter.
+const LATE_TICK: Duration = Duration::from_millis(100);
+
 /// Refusals of a snapshot older than the view before it is believed: an owner whose revs went
 /// back (a restored database) must not freeze the view for good.
 const MAX_STALE_REFUSALS: u32 = 3;
@@ -364,7 +367,7 @@ impl<V: View> Topic<V> {
     /// and to every `get_status` (`asked`). `now` is shared by members served together, so that
     /// their periodic updates fall due on the same tick.
     fn deliver_state(&mut self, id: MemberId, asked: bool, now: Instant) {
-        let group_has_state = self.group_has_state(id);
+        let clock_in_use = self.group_clock_in_use(id);
         let Some(watcher) = self.members.get_mut(&id) else {
             return;
         };
@@ -399,8 +402,8 @@ impl<V: View> Topic<V> {
                 if watcher.last_sent.is_none() {
                     watcher.next_update = now + *interval;
                     // The first state of a group sets its clock, so its first periodic update
-                    // comes one interval later, not up to two.
-                    if !group_has_state {
+                    // comes one interval later, not up to two; a clock others wait on stays.
+                    if !clock_in_use {
                         if let Some(group) = self.groups.get(&(filter.clone(), *interval)) {
                             self.ticks.reset_at(&group.tick, now + *interval);
                         }
@@ -430,8 +433,9 @@ impl<V: View> Topic<V> {
         }
     }
 
-    /// Whether another member of `id`'s realtime group has been sent a state.
-    fn group_has_state(&self, id: MemberId) -> bool {
+    /// Whether another member of `id`'s realtime group waits on the group's clock: any that
+    /// is past its first delivery (it got a state, or word that the key is not found).
+    fn group_clock_in_use(&self, id: MemberId) -> bool {
         let Some(Mode::Realtime { filter, interval }) = self.members.get(&id).map(|w| &w.mode)
         else {
             return false;
@@ -440,11 +444,7 @@ impl<V: View> Topic<V> {
             .get(&(filter.clone(), *interval))
             .is_some_and(|group| {
                 group.members.iter().any(|other| {
-                    *other != id
-                        && self
-                            .members
-                            .get(other)
-                            .is_some_and(|w| w.last_sent.is_some())
+                    *other != id && self.members.get(other).is_some_and(|w| !w.pending)
                 })
             })
     }
@@ -458,12 +458,15 @@ impl<V: View> Topic<V> {
         let (filter, interval) = &key;
         // Ticks keep to their schedule, so "an interval since the last update" compares
         // schedule with schedule, with no slack for timer jitter.
-        let mut next_tick = deadline + *interval;
-        // After a stall, skip the ticks that were missed rather than fire them in a burst.
+        // A tick that fires late by more than timer jitter (a stalled task) moves the group's
+        // clock to now, so the next update is a whole interval away and missed ticks do not
+        // fire in a burst.
         let now = Instant::now();
-        while next_tick <= now {
-            next_tick += *interval;
-        }
+        let next_tick = if now > deadline + LATE_TICK {
+            now + *interval
+        } else {
+            deadline + *interval
+        };
         group.tick = self.ticks.insert_at(key.clone(), next_tick);
         let Some(view) = self.view.as_ref().filter(|view| view.exists()) else {
             return;
@@ -558,7 +561,7 @@ impl<V: View> Topic<V> {
                         };
                         if watcher.last_sent.is_some() {
                             for frame in frames.iter() {
-                                if watcher.outbox.offer(frame.clone()) == Delivery::Full {
+                                if watcher.outbox.offer_notice(frame.clone()) == Delivery::Full {
                                     // Its next state, which the writer puts before the changes
                                     // it covers, must go out even if nothing else changes.
                                     watcher.last_sent = None;
