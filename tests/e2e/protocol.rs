@@ -45,8 +45,7 @@ async fn both_ping_forms_on_every_endpoint() {
     let (_nats, _owner, hub) = start().await;
     for path in ENDPOINTS {
         let mut client = connect_settled(&hub, path).await;
-        client.send_text("ping").await;
-        assert_eq!(client.next().await, Received::Text("pong".into()), "{path}");
+        client.assert_alive().await;
         client
             .send_text(r#"{"type":"ping","timestamp":"2025-06-11T12:00:00.000Z"}"#)
             .await;
@@ -90,12 +89,7 @@ async fn bad_client_messages_get_an_error_and_the_connection_stays() {
             );
             assert_eq!(error.as_object().unwrap().len(), 4, "{error}");
         }
-        client.send_text("ping").await;
-        assert_eq!(
-            client.next().await,
-            Received::Text("pong".into()),
-            "{path} stays open"
-        );
+        client.assert_alive().await;
     }
 }
 
@@ -187,8 +181,7 @@ async fn invalid_parameters_get_one_error_then_1008() {
     }
     // The hub is unharmed.
     let mut client = connect_settled(&hub, ENDPOINTS[0]).await;
-    client.send_text("ping").await;
-    assert_eq!(client.next().await, Received::Text("pong".into()));
+    client.assert_alive().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -206,8 +199,7 @@ async fn a_frame_over_64_kib_closes_with_1009() {
     client.send_text(&"x".repeat(64 * 1024 + 1)).await;
     assert_eq!(client.close_code().await, 1009);
     // Other clients do not notice.
-    other.send_text("ping").await;
-    assert_eq!(other.next().await, Received::Text("pong".into()));
+    other.assert_alive().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -288,8 +280,7 @@ async fn silent_connections_are_dropped_and_their_resources_freed() {
             .await,
         1.0
     );
-    alive.send_text("ping").await;
-    assert_eq!(alive.next().await, Received::Text("pong".into()));
+    alive.assert_alive().await;
     drop(silent);
 }
 

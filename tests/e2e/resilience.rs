@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use vwed_e2e::{free_port, http_get, location, Client, Nats, Owner, Received, TestHub};
+use vwed_e2e::{free_port, http_get, location, Client, Nats, Owner, TestHub};
 use vwed_publisher::{StatusAction, TaskResult, TaskStatus};
 
 /// Publishes raw bytes on a subject, as a broken publisher might.
@@ -28,8 +28,7 @@ async fn events_racing_a_snapshot_merge_exactly() {
     let mut realtime = Client::connect(&hub, "/ws/task-execution/race?interval=1").await;
     hub.wait_for_subscriptions(1).await;
     let mut broadcast = Client::connect(&hub, "/ws/task-execution-broadcast/race").await;
-    broadcast.send_text("ping").await;
-    assert_eq!(broadcast.next().await, Received::Text("pong".into()));
+    broadcast.assert_alive().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     for n in 1..=3 {
         owner
@@ -65,8 +64,7 @@ async fn a_missing_owner_gets_an_error_and_the_state_once_it_answers() {
         error["message"].as_str().unwrap().contains("正在重试"),
         "{error}"
     );
-    client.send_text("ping").await;
-    assert_eq!(client.next().await, Received::Text("pong".into()));
+    client.assert_alive().await;
 
     owner.answer_snapshots().await;
     let update = client.next_of_type("storage_location_update").await;
@@ -330,8 +328,7 @@ async fn a_broadcast_client_that_falls_behind_is_closed_with_1013_and_others_kee
     };
     let ((), (), code) = tokio::join!(publishing, reading, stalled_sees);
     assert_eq!(code, 1013);
-    reader.send_text("ping").await;
-    assert_eq!(reader.next().await, Received::Text("pong".into()));
+    reader.assert_alive().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

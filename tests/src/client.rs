@@ -124,6 +124,12 @@ impl Client {
         }
     }
 
+    /// Checks the connection is open and served: a text `ping` gets a text `pong`.
+    pub async fn assert_alive(&mut self) {
+        self.send_text("ping").await;
+        assert_eq!(self.next().await, Received::Text("pong".into()), "no pong");
+    }
+
     /// Sends a text message.
     pub async fn send_text(&mut self, text: &str) {
         self.ws

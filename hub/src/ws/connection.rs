@@ -70,7 +70,7 @@ pub async fn reject(
     tracing::info!(endpoint = endpoint.segment(), error = %invalid, "rejected connection");
     let error = envelope.error(&invalid.to_string());
     let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(error))).await;
-    close_socket(socket, close::POLICY, "invalid parameters").await;
+    close_socket(socket, close::POLICY, "invalid parameters", CLOSE_GRACE).await;
 }
 
 /// The id as best it can be shown in an error about it.
@@ -97,7 +97,13 @@ pub async fn serve(
         tracing::info!(endpoint = watch.endpoint.segment(), id = %watch.id, "broker unavailable; asking the client to retry");
         let text = envelope.error("服务暂时不可用: 消息总线未连接,请稍后重试");
         let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(text))).await;
-        close_socket(socket, close::TRY_AGAIN_LATER, "broker unavailable").await;
+        close_socket(
+            socket,
+            close::TRY_AGAIN_LATER,
+            "broker unavailable",
+            CLOSE_GRACE,
+        )
+        .await;
         return;
     }
 
@@ -127,6 +133,7 @@ pub async fn serve(
         socket,
         membership,
         inbox,
+        settings,
         ..
     } = connection;
     // Leave and free the queue before the (bounded) wait for the closing handshake.
@@ -135,7 +142,7 @@ pub async fn serve(
     gauge.dec();
     let code = match ending {
         Ending::Close(code, reason) => {
-            close_socket(socket, code, reason).await;
+            close_socket(socket, code, reason, settings.write_timeout).await;
             Some(code)
         }
         Ending::Gone => None,
@@ -341,17 +348,24 @@ fn read_error(error: axum::Error) -> Ending {
     }
 }
 
-/// Sends a close frame and waits briefly for the client's reply, so it sees a clean close; a
-/// client that does not read gets no more than [`CLOSE_GRACE`].
-async fn close_socket(mut socket: WebSocket, code: u16, reason: &'static str) {
+/// Sends a close frame, then waits briefly for the client's reply, so it sees a clean close.
+/// The frame goes out behind whatever the socket still holds, so a slow client gets as long as
+/// any write (`send_within`); the reply gets [`CLOSE_GRACE`].
+async fn close_socket(
+    mut socket: WebSocket,
+    code: u16,
+    reason: &'static str,
+    send_within: Duration,
+) {
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
     };
-    let _ = timeout(CLOSE_GRACE, async {
-        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+    let sent = timeout(send_within, socket.send(Message::Close(Some(frame)))).await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = timeout(CLOSE_GRACE, async {
             while let Some(Ok(_)) = socket.recv().await {}
-        }
-    })
-    .await;
+        })
+        .await;
+    }
 }
