@@ -5,7 +5,9 @@
 //! holds only the newest: a client that reads slowly gets the latest state late rather than a
 //! backlog of stale ones, and a stalled client costs one state's memory at most. The two lanes
 //! keep their order: a state is written after every change queued before it, so the last thing a
-//! client hears about a location is never older than what it was told before.
+//! client hears about a location is never older than what it was told before. Once a realtime
+//! client has lost a notice to a full queue, the next state stands in for the changes queued
+//! before it, which are skipped, so a slow reader is never starved of states.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
