@@ -127,26 +127,14 @@ impl Owner {
         &self.publisher
     }
 
-    /// Appends one result to a task (creating it), publishing the change. Returns its index.
-    pub async fn append(&self, task: &str, context: &str, status: TaskStatus) -> usize {
+    /// Appends one result to a task (creating it), publishing the change.
+    pub async fn append(&self, task: &str, context: &str, status: TaskStatus) {
+        // Held across the publish, so concurrent changes publish in rev order.
         let mut state = self.state.lock().await;
-        let (rev, results) = state.tasks.entry(task.to_owned()).or_default();
-        let result = TaskResult::now(context, status);
-        results.push(result.clone());
-        *rev = self.publisher.next_rev();
-        let index = results.len() - 1;
-        let event = TaskEvent {
-            task_record_id: task.to_owned(),
-            rev: *rev,
-            change: TaskChange::Append {
-                index: index as u64,
-                results: vec![result],
-            },
-        };
+        let event = self.record_append(&mut state, task, context, status);
         self.publisher.publish_task(&event).await.expect("publish");
         drop(state);
         self.flush().await;
-        index
     }
 
     /// Appends one result like [`append`](Self::append) but returns the event instead of
@@ -158,6 +146,17 @@ impl Owner {
         status: TaskStatus,
     ) -> TaskEvent {
         let mut state = self.state.lock().await;
+        self.record_append(&mut state, task, context, status)
+    }
+
+    /// Appends a result to the owner's state with a new rev; the event that tells of it.
+    fn record_append(
+        &self,
+        state: &mut State,
+        task: &str,
+        context: &str,
+        status: TaskStatus,
+    ) -> TaskEvent {
         let (rev, results) = state.tasks.entry(task.to_owned()).or_default();
         let result = TaskResult::now(context, status);
         results.push(result.clone());
