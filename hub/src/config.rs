@@ -12,7 +12,11 @@ use clap::Parser;
 /// The hub keeps no data of its own: when it needs current state it asks the owning service
 /// for a snapshot over NATS request/reply. Run as many replicas as you like.
 ///
-/// Also serves /healthz (alive), /readyz (NATS connected) and /metrics (Prometheus).
+/// Without --nats-url the hub runs on an embedded in-process broker that only publishers inside
+/// the hub can reach: use it with --demo to see everything work with no other software.
+///
+/// Also serves a monitoring page at /, /healthz (alive), /readyz (broker connected) and
+/// /metrics (Prometheus).
 #[derive(Debug, Clone, Parser)]
 #[command(
     version,
@@ -25,11 +29,18 @@ pub struct Config {
     #[arg(long, env = "VWED_LISTEN", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
 
-    /// NATS server(s) to connect to; several may be given, comma-separated. The hub starts
-    /// even when NATS is down and connects as soon as it can (until then /readyz says 503 and
-    /// new clients are closed with 1013).
-    #[arg(long, env = "VWED_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// NATS server(s) to connect to, e.g. nats://127.0.0.1:4222; several may be given,
+    /// comma-separated. The hub starts even when NATS is down and connects as soon as it can
+    /// (until then /readyz says 503 and new clients are closed with 1013). Unset: the hub runs
+    /// on an embedded in-process broker instead.
+    #[arg(long, env = "VWED_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// Run simulated task engines and storage services inside the hub, publishing on its broker
+    /// (the embedded one, or NATS with --nats-url), and log where to watch them.
+    #[arg(long, env = "VWED_DEMO", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub demo: bool,
 
     /// First tokens of every NATS subject (`<prefix>.task.<key>.execution`, ...); must match
     /// the publishers' prefix.
@@ -59,11 +70,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// The defaults, with the hub on `listen` and NATS at `nats_url`; for tests and embedding.
-    pub fn new(listen: SocketAddr, nats_url: impl Into<String>) -> Self {
+    /// The defaults, with the hub on `listen` and on the embedded broker; for tests and
+    /// embedding. Set `nats_url` to use NATS.
+    pub fn new(listen: SocketAddr) -> Self {
         let mut config = Self::parse_from(["vwed-hub"]);
         config.listen = listen;
-        config.nats_url = nats_url.into();
         config
     }
 }
@@ -102,7 +113,8 @@ mod tests {
     fn defaults_match_the_documentation() {
         let config = Config::parse_from(["vwed-hub"]);
         assert_eq!(config.listen, "0.0.0.0:8000".parse().unwrap());
-        assert_eq!(config.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(config.nats_url, None);
+        assert!(!config.demo);
         assert_eq!(config.subject_prefix, "vwed");
         assert_eq!(config.ping_interval, Duration::from_secs(20));
     }

@@ -6,7 +6,7 @@
 //! the original API document describes.
 //!
 //! The layout follows the data:
-//! [`broker`] (NATS) → [`fanout`] (one topic task per watched key) → [`view`] (state, filters,
+//! [`broker`] (NATS, or an embedded bus) → [`fanout`] (one topic task per watched key) → [`view`] (state, filters,
 //! rendering) → [`ws`] (endpoints and connections), with [`messages`] the client-facing wire and
 //! `vwed_publisher::wire` the publisher-facing one.
 
@@ -15,6 +15,7 @@ pub mod config;
 pub mod fanout;
 pub mod messages;
 pub mod metrics;
+pub mod page;
 pub mod server;
 pub mod view;
 pub mod ws;
@@ -26,9 +27,10 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use vwed_publisher::Subjects;
+use vwed_demo::{Demo, DemoConfig};
+use vwed_publisher::{MemoryBus, Publisher, Subjects};
 
-use crate::broker::{Broker, NatsBroker};
+use crate::broker::{Broker, MemoryBroker, NatsBroker};
 use crate::config::Config;
 use crate::fanout::{FanOut, TopicContext};
 use crate::metrics::Metrics;
@@ -45,17 +47,58 @@ pub struct Hub {
     shutdown: CancellationToken,
     /// The server task; ends when the drain is done.
     server: JoinHandle<anyhow::Result<()>>,
+    /// The embedded broker's bus, when the hub runs on one: in-process publishers (the demo, a
+    /// test's owner service) publish and answer snapshots on it.
+    bus: Option<MemoryBus>,
+    /// The simulation that `--demo` runs; stops when the hub is dropped.
+    demo: Option<Demo>,
 }
 
 impl Hub {
-    /// Connects to the broker (in the background if it is down), binds the listener and starts
-    /// serving.
+    /// Connects to NATS (in the background if it is down) or sets up the embedded broker, binds
+    /// the listener, starts serving, and starts the demo if asked to.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let broker = NatsBroker::connect(&config.nats_url)
-            .await
-            .with_context(|| format!("invalid NATS configuration {:?}", config.nats_url))?;
-        tracing::info!(url = %config.nats_url, "using NATS broker");
-        Self::start_with_broker(config, Arc::new(broker)).await
+        let (broker, bus): (Arc<dyn Broker>, _) = match &config.nats_url {
+            Some(url) => {
+                let broker = NatsBroker::connect(url)
+                    .await
+                    .with_context(|| format!("invalid NATS configuration {url:?}"))?;
+                tracing::info!(%url, "broker: NATS");
+                (Arc::new(broker), None)
+            }
+            None => {
+                let bus = MemoryBus::new();
+                tracing::info!(
+                    "broker: embedded in-process bus (no --nats-url given); \
+                     only publishers inside this process can reach it"
+                );
+                (Arc::new(MemoryBroker::new(bus.clone())), Some(bus))
+            }
+        };
+        let demo_publisher = match (&bus, &config.nats_url) {
+            _ if !config.demo => None,
+            (Some(bus), _) => Some(Publisher::in_process(bus.clone())),
+            (None, url) => Some(Publisher::new(
+                async_nats::ConnectOptions::new()
+                    .name("vwed-hub-demo")
+                    .retry_on_initial_connect()
+                    .max_reconnects(None)
+                    .connect(url.as_deref().unwrap_or_default())
+                    .await
+                    .context("the demo cannot reach NATS")?,
+            )),
+        };
+        let prefix = config.subject_prefix.clone();
+        let mut hub = Self::start_with_broker(config, broker).await?;
+        hub.bus = bus;
+        if let Some(publisher) = demo_publisher {
+            let demo = Demo::start(publisher.with_prefix(prefix), DemoConfig::default())
+                .await
+                .context("the demo could not start")?;
+            announce_demo(&demo, hub.local_addr).await;
+            hub.demo = Some(demo);
+        }
+        Ok(hub)
     }
 
     /// Starts serving over an already connected broker.
@@ -105,11 +148,13 @@ impl Hub {
             follower.abort();
             Ok(())
         });
-        tracing::info!(addr = %local_addr, "serving /ws, /healthz, /readyz, /metrics");
+        tracing::info!(addr = %local_addr, "serving the page at /, /ws/..., /healthz, /readyz, /metrics");
         Ok(Self {
             local_addr,
             shutdown,
             server,
+            bus: None,
+            demo: None,
         })
     }
 
@@ -118,9 +163,37 @@ impl Hub {
         self.local_addr
     }
 
+    /// The embedded broker's bus, when the hub runs on one (no `nats_url`).
+    pub fn bus(&self) -> Option<&MemoryBus> {
+        self.bus.as_ref()
+    }
+
+    /// The running demo, when started with `demo`.
+    pub fn demo(&self) -> Option<&Demo> {
+        self.demo.as_ref()
+    }
+
     /// Stops accepting, closes every client with 1001 and waits (up to the drain limit).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        self.server.await.context("server task failed")?
+        let drained = self.server.await.context("server task failed")?;
+        if let Some(demo) = self.demo {
+            demo.stop();
+        }
+        drained
     }
+}
+
+/// Logs what the demo runs and where to watch it.
+async fn announce_demo(demo: &Demo, addr: SocketAddr) {
+    let scenes = demo.scene_ids();
+    let tasks = demo.running_tasks().await;
+    let host = if addr.ip().is_unspecified() {
+        format!("localhost:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    let first_scene = scenes.first().map(String::as_str).unwrap_or_default();
+    tracing::info!(scenes = ?scenes, tasks = ?tasks, "demo running");
+    tracing::info!("open http://{host}/?scene={first_scene} to watch it");
 }

@@ -1,4 +1,4 @@
-//! HTTP routes: the four WebSocket endpoints under `/ws`, and the probes.
+//! HTTP routes: the four WebSocket endpoints under `/ws`, the monitoring page, and the probes.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::fanout::FanOut;
+use crate::page;
 use crate::ws::{connection, endpoint, ConnectionSettings, Endpoint};
 
 /// Largest client frame or message accepted; larger ones close the connection with 1009.
@@ -44,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .merge(page::routes())
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .with_state(state)
 }

@@ -91,12 +91,15 @@
 //! ```
 #![deny(missing_docs)]
 
+mod link;
+pub mod memory;
 mod publisher;
 mod responder;
 pub mod rev;
 pub mod subject;
 pub mod wire;
 
+pub use memory::MemoryBus;
 pub use publisher::Publisher;
 pub use responder::SnapshotResponder;
 pub use rev::HybridClock;

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::link::Link;
+use crate::memory::MemoryBus;
 use crate::rev::HybridClock;
 use crate::subject::Subjects;
 use crate::wire::{
@@ -14,11 +16,11 @@ use crate::Error;
 
 /// Publishes task and scene change events to NATS on the contract's subjects.
 ///
-/// Cheap to clone; clones share the NATS connection and the rev clock.
+/// Cheap to clone; clones share the connection and the rev clock.
 #[derive(Clone, Debug)]
 pub struct Publisher {
-    /// The connection events go out on; async-nats reconnects it by itself.
-    client: async_nats::Client,
+    /// The connection events go out on: NATS, or a bus inside this process.
+    link: Link,
     /// Maps ids to subjects, so the SDK and the hub always agree.
     subjects: Subjects,
     /// Issues revs for the convenience methods; shared so that clones never reuse a rev.
@@ -29,10 +31,20 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher on `client` with the default subject prefix `vwed`.
+    /// A publisher on the NATS connection `client`, with the default subject prefix `vwed`.
     pub fn new(client: async_nats::Client) -> Self {
+        Self::on(Link::Nats(client))
+    }
+
+    /// A publisher on a bus inside this process (the hub's embedded broker, or a test's), with
+    /// the default subject prefix `vwed`.
+    pub fn in_process(bus: MemoryBus) -> Self {
+        Self::on(Link::Memory(bus))
+    }
+
+    fn on(link: Link) -> Self {
         Self {
-            client,
+            link,
             subjects: Subjects::default(),
             clock: Arc::new(HybridClock::new()),
             in_rev_order: Arc::default(),
@@ -50,9 +62,8 @@ impl Publisher {
         &self.subjects
     }
 
-    /// The NATS connection underneath.
-    pub fn client(&self) -> &async_nats::Client {
-        &self.client
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
     }
 
     /// The next rev of this publisher's hybrid clock. Take it while you write the state it
@@ -138,7 +149,13 @@ impl Publisher {
 
     /// Waits until everything published so far has been written to the NATS server.
     pub async fn flush(&self) -> Result<(), Error> {
-        self.client.flush().await.map_err(Error::Flush)
+        self.link.flush().await
+    }
+
+    /// Publishes `payload` on `subject` exactly as given, with no checks: for tools and tests
+    /// that need to send what the typed methods would refuse to.
+    pub async fn publish_raw(&self, subject: String, payload: Bytes) -> Result<(), Error> {
+        self.link.publish(subject, payload).await
     }
 
     async fn task_change(&self, task_record_id: &str, change: TaskChange) -> Result<u64, Error> {
@@ -169,9 +186,6 @@ impl Publisher {
         payload: &impl serde::Serialize,
     ) -> Result<(), Error> {
         let payload = Bytes::from(serde_json::to_vec(payload).map_err(Error::Encode)?);
-        self.client
-            .publish(subject, payload)
-            .await
-            .map_err(Error::Publish)
+        self.link.publish(subject, payload).await
     }
 }

@@ -8,6 +8,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
+use crate::link::{Link, Request};
 use crate::subject::Subjects;
 use crate::wire::{Keyed, SceneSnapshot, SnapshotReply, TaskSnapshot};
 use crate::{Error, Publisher};
@@ -90,18 +91,14 @@ impl Publisher {
         E: Display + Send + 'static,
         S: Serialize + Keyed + Send + 'static,
     {
-        let requests = self
-            .client()
-            .queue_subscribe(subject, queue_group.to_owned())
-            .await
-            .map_err(Error::Subscribe)?;
-        let client = self.client().clone();
+        let requests = self.link().queue_subscribe(subject, queue_group).await?;
+        let link = self.link().clone();
         let subjects = self.subjects().clone();
         let handler = Arc::new(handler);
         let task = tokio::spawn(async move {
             requests
                 .for_each_concurrent(MAX_CONCURRENT_REQUESTS, |request| {
-                    answer(&client, &subjects, handler.as_ref(), request)
+                    answer(&link, &subjects, handler.as_ref(), request)
                 })
                 .await;
         });
@@ -109,12 +106,8 @@ impl Publisher {
     }
 }
 
-async fn answer<H, Fut, E, S>(
-    client: &async_nats::Client,
-    subjects: &Subjects,
-    handler: &H,
-    request: async_nats::Message,
-) where
+async fn answer<H, Fut, E, S>(link: &Link, subjects: &Subjects, handler: &H, request: Request)
+where
     H: Fn(String) -> Fut,
     Fut: Future<Output = Result<Option<S>, E>>,
     E: Display,
@@ -142,7 +135,7 @@ async fn answer<H, Fut, E, S>(
     };
     match reply.to_json() {
         Ok(payload) => {
-            if let Err(error) = client.publish(reply_to, payload.into()).await {
+            if let Err(error) = link.publish(reply_to, payload.into()).await {
                 tracing::warn!(%key, %error, "could not send a snapshot reply");
             }
         }

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Message;
-use vwed_e2e::{http_get, http_request, location, Client, Nats, Owner, Received, TestHub};
+use vwed_e2e::{
+    http_get, http_request, location, on_both_brokers, BrokerKind, Client, Owner, Received,
+    TestBroker, TestHub,
+};
 use vwed_publisher::{TaskResult, TaskStatus};
 
 const ENDPOINTS: [&str; 4] = [
@@ -14,17 +17,17 @@ const ENDPOINTS: [&str; 4] = [
     "/ws/storage-location-broadcast/s-1",
 ];
 
-async fn start() -> (Nats, Owner, TestHub) {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn start(kind: BrokerKind) -> (TestBroker, Owner, TestHub) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner
         .seed_task("t-1", vec![TaskResult::now("[a] 1", TaskStatus::Success)])
         .await;
     owner
         .seed_scene("s-1", vec![location("s-1", "l-1", "A1", "S1", 1)])
         .await;
-    let hub = TestHub::start(&nats).await;
-    (nats, owner, hub)
+    let hub = TestHub::start(&broker).await;
+    (broker, owner, hub)
 }
 
 /// Connects and consumes the initial state of realtime endpoints.
@@ -40,9 +43,8 @@ async fn connect_settled(hub: &TestHub, path: &str) -> Client {
     client
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn both_ping_forms_on_every_endpoint() {
-    let (_nats, _owner, hub) = start().await;
+async fn both_ping_forms_on_every_endpoint(kind: BrokerKind) {
+    let (_broker, _owner, hub) = start(kind).await;
     for path in ENDPOINTS {
         let mut client = connect_settled(&hub, path).await;
         client.assert_alive().await;
@@ -58,9 +60,8 @@ async fn both_ping_forms_on_every_endpoint() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_client_messages_get_an_error_and_the_connection_stays() {
-    let (_nats, _owner, hub) = start().await;
+async fn bad_client_messages_get_an_error_and_the_connection_stays(kind: BrokerKind) {
+    let (_broker, _owner, hub) = start(kind).await;
     for path in ENDPOINTS {
         let mut client = connect_settled(&hub, path).await;
         let id_field = if path.contains("task") {
@@ -93,9 +94,8 @@ async fn bad_client_messages_get_an_error_and_the_connection_stays() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn invalid_parameters_get_one_error_then_1008() {
-    let (_nats, _owner, hub) = start().await;
+async fn invalid_parameters_get_one_error_then_1008(kind: BrokerKind) {
+    let (_broker, _owner, hub) = start(kind).await;
     let long_id = "x".repeat(257);
     let cases: Vec<(String, &str, &str)> = vec![
         (
@@ -184,9 +184,8 @@ async fn invalid_parameters_get_one_error_then_1008() {
     client.assert_alive().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_frame_over_64_kib_closes_with_1009() {
-    let (_nats, _owner, hub) = start().await;
+async fn a_frame_over_64_kib_closes_with_1009(kind: BrokerKind) {
+    let (_broker, _owner, hub) = start(kind).await;
     let mut other = connect_settled(&hub, ENDPOINTS[3]).await;
     let mut client = connect_settled(&hub, ENDPOINTS[0]).await;
     let just_fits = format!(
@@ -202,16 +201,14 @@ async fn a_frame_over_64_kib_closes_with_1009() {
     other.assert_alive().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn plain_http_and_unknown_paths() {
-    let (_nats, _owner, hub) = start().await;
+async fn plain_http_and_unknown_paths(kind: BrokerKind) {
+    let (_broker, _owner, hub) = start(kind).await;
     for path in ENDPOINTS {
         let (status, body) = http_get(hub.addr(), path).await;
         assert!(status == 400 || status == 426, "{path}: {status}");
         assert!(!body.is_empty());
     }
     for path in [
-        "/",
         "/ws",
         "/ws/",
         "/ws/unknown/x",
@@ -221,15 +218,25 @@ async fn plain_http_and_unknown_paths() {
     ] {
         assert_eq!(http_get(hub.addr(), path).await.0, 404, "{path}");
     }
+    let (status, page) = http_get(hub.addr(), "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<script src=\"app.js\"") || page.contains("<script src=\"/app.js\""),
+        "{page}"
+    );
+    for asset in ["/app.js", "/style.css"] {
+        let (status, body) = http_get(hub.addr(), asset).await;
+        assert_eq!(status, 200, "{asset}");
+        assert!(body.len() > 1000, "{asset}");
+    }
     let bad_version = "GET /ws/task-execution/t-1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     assert_eq!(http_request(hub.addr(), bad_version).await.0, 400);
     let no_key = "GET /ws/task-execution/t-1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";
     assert_eq!(http_request(hub.addr(), no_key).await.0, 400);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn probes_and_metrics() {
-    let (_nats, _owner, hub) = start().await;
+async fn probes_and_metrics(kind: BrokerKind) {
+    let (_broker, _owner, hub) = start(kind).await;
     assert_eq!(http_get(hub.addr(), "/healthz").await, (200, "ok".into()));
     assert_eq!(http_get(hub.addr(), "/readyz").await.0, 200);
     let _client = connect_settled(&hub, ENDPOINTS[2]).await;
@@ -248,12 +255,11 @@ async fn probes_and_metrics() {
     assert!(body.trim_end().ends_with("# EOF"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn silent_connections_are_dropped_and_their_resources_freed() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn silent_connections_are_dropped_and_their_resources_freed(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner.seed_task("t-1", vec![]).await;
-    let hub = TestHub::start_with(&nats, |c| c.ping_interval = Duration::from_millis(200)).await;
+    let hub = TestHub::start_with(&broker, |c| c.ping_interval = Duration::from_millis(200)).await;
 
     // This client reads (and so answers pings); the other never reads again.
     let mut alive = Client::connect(&hub, "/ws/task-execution-broadcast/t-1").await;
@@ -284,9 +290,8 @@ async fn silent_connections_are_dropped_and_their_resources_freed() {
     drop(silent);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn shutdown_closes_every_client_with_1001() {
-    let (_nats, _owner, mut hub) = start().await;
+async fn shutdown_closes_every_client_with_1001(kind: BrokerKind) {
+    let (_broker, _owner, mut hub) = start(kind).await;
     let mut clients = Vec::new();
     for path in ENDPOINTS {
         clients.push(connect_settled(&hub, path).await);
@@ -297,9 +302,8 @@ async fn shutdown_closes_every_client_with_1001() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_flood_of_get_status_costs_the_hub_little_and_others_nothing() {
-    let (_nats, _owner, hub) = start().await;
+async fn a_flood_of_get_status_costs_the_hub_little_and_others_nothing(kind: BrokerKind) {
+    let (_broker, _owner, hub) = start(kind).await;
     let mut other = connect_settled(&hub, ENDPOINTS[2]).await;
     let mut flooder = connect_settled(&hub, ENDPOINTS[0]).await;
     for _ in 0..5000 {
@@ -323,3 +327,15 @@ async fn a_flood_of_get_status_costs_the_hub_little_and_others_nothing() {
     other.send_text(r#"{"type":"get_status"}"#).await;
     assert_eq!(other.next_json().await["type"], "storage_location_update");
 }
+
+on_both_brokers!(
+    both_ping_forms_on_every_endpoint,
+    bad_client_messages_get_an_error_and_the_connection_stays,
+    invalid_parameters_get_one_error_then_1008,
+    a_frame_over_64_kib_closes_with_1009,
+    plain_http_and_unknown_paths,
+    probes_and_metrics,
+    silent_connections_are_dropped_and_their_resources_freed,
+    shutdown_closes_every_client_with_1001,
+    a_flood_of_get_status_costs_the_hub_little_and_others_nothing,
+);

@@ -2,28 +2,29 @@
 
 use std::time::Duration;
 
-use vwed_e2e::{free_port, http_get, location, Client, Nats, Owner, TestHub};
-use vwed_publisher::{StatusAction, TaskResult, TaskStatus};
+use vwed_e2e::{
+    free_port, http_get, location, on_both_brokers, BrokerKind, Client, Owner, TestBroker, TestHub,
+};
+use vwed_publisher::{Publisher, StatusAction, TaskResult, TaskStatus};
 
 /// Publishes raw bytes on a subject, as a broken publisher might.
-async fn raw_publish(client: &async_nats::Client, subject: String, payload: &[u8]) {
-    client
-        .publish(subject, payload.to_vec().into())
+async fn raw_publish(publisher: &Publisher, subject: String, payload: &[u8]) {
+    publisher
+        .publish_raw(subject, payload.to_vec().into())
         .await
         .expect("publish");
-    client.flush().await.expect("flush");
+    publisher.flush().await.expect("flush");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn events_racing_a_snapshot_merge_exactly() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn events_racing_a_snapshot_merge_exactly(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner
         .seed_task("race", vec![TaskResult::now("[a] 0", TaskStatus::Running)])
         .await;
     // The snapshot leaves a second after the owner read its state; events are published meanwhile.
     owner.delay_replies(Duration::from_secs(1));
-    let hub = TestHub::start_with(&nats, |c| c.snapshot_timeout = Duration::from_secs(5)).await;
+    let hub = TestHub::start_with(&broker, |c| c.snapshot_timeout = Duration::from_secs(5)).await;
 
     let mut realtime = Client::connect(&hub, "/ws/task-execution/race?interval=1").await;
     hub.wait_for_subscriptions(1).await;
@@ -48,14 +49,13 @@ async fn events_racing_a_snapshot_merge_exactly() {
     realtime.expect_silence(Duration::from_millis(2500)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_missing_owner_gets_an_error_and_the_state_once_it_answers() {
-    let nats = Nats::start().await;
-    let mut owner = Owner::start_silent(&nats.url()).await;
+async fn a_missing_owner_gets_an_error_and_the_state_once_it_answers(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let mut owner = Owner::start_silent(&broker).await;
     owner
         .seed_scene("s-late", vec![location("s-late", "l-1", "A1", "S1", 1)])
         .await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
 
     let mut client = Client::connect(&hub, "/ws/storage-location/s-late?interval=1").await;
     let error = client.next_of_type("error").await;
@@ -74,15 +74,15 @@ async fn a_missing_owner_gets_an_error_and_the_state_once_it_answers() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_slow_owner_times_out_and_is_retried() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn a_slow_owner_times_out_and_is_retried(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner
         .seed_task("slow", vec![TaskResult::now("[a] 1", TaskStatus::Running)])
         .await;
     owner.delay_replies(Duration::from_secs(2));
-    let hub = TestHub::start_with(&nats, |c| c.snapshot_timeout = Duration::from_millis(300)).await;
+    let hub =
+        TestHub::start_with(&broker, |c| c.snapshot_timeout = Duration::from_millis(300)).await;
 
     let mut client = Client::connect(&hub, "/ws/task-execution/slow").await;
     let error = client.next_of_type("error").await;
@@ -97,8 +97,8 @@ async fn a_slow_owner_times_out_and_is_retried() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_stay_connected_through_a_nats_restart_and_end_with_the_owners_state() {
-    let mut nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+    let mut broker = TestBroker::start(BrokerKind::Nats).await;
+    let owner = Owner::start(&broker).await;
     owner
         .seed_task("t-r", vec![TaskResult::now("[a] 1", TaskStatus::Running)])
         .await;
@@ -111,13 +111,13 @@ async fn clients_stay_connected_through_a_nats_restart_and_end_with_the_owners_s
             ],
         )
         .await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
     let mut task = Client::connect(&hub, "/ws/task-execution/t-r?interval=1").await;
     let mut scene = Client::connect(&hub, "/ws/storage-location/s-r?interval=1").await;
     task.next_of_type("task_execution_update").await;
     scene.next_of_type("storage_location_update").await;
 
-    nats.stop().await;
+    broker.nats().stop().await;
     assert_eq!(
         http_get(hub.addr(), "/readyz").await.0,
         503,
@@ -138,7 +138,7 @@ async fn clients_stay_connected_through_a_nats_restart_and_end_with_the_owners_s
     owner
         .seed_scene("s-r", vec![location("s-r", "l-1", "A1", "S1", 1), moved])
         .await;
-    nats.restart().await;
+    broker.nats().restart().await;
     hub.wait_until_ready().await;
 
     let update = task.next_of_type("task_execution_update").await;
@@ -162,20 +162,19 @@ async fn clients_stay_connected_through_a_nats_restart_and_end_with_the_owners_s
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn malformed_events_are_dropped_and_the_hub_carries_on() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn malformed_events_are_dropped_and_the_hub_carries_on(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner
         .seed_task("t-m", vec![TaskResult::now("[a] 1", TaskStatus::Running)])
         .await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
     let mut realtime = Client::connect(&hub, "/ws/task-execution/t-m?interval=1").await;
     let mut broadcast = Client::connect(&hub, "/ws/task-execution-broadcast/t-m").await;
     realtime.next_of_type("task_execution_update").await;
     hub.wait_for_subscriptions(1).await;
 
-    let client = owner.publisher().client();
+    let publisher = owner.publisher();
     let subject = owner.publisher().subjects().task_events("t-m");
     let garbage: [&[u8]; 7] = [
         b"not json",
@@ -187,13 +186,13 @@ async fn malformed_events_are_dropped_and_the_hub_carries_on() {
         &[0xff, 0xfe, 0x00],
     ];
     for payload in garbage {
-        raw_publish(client, subject.clone(), payload).await;
+        raw_publish(publisher, subject.clone(), payload).await;
     }
     let huge = format!(
         r#"{{"task_record_id":"t-m","rev":1,"op":"replace","results":[{}]}}"#,
         vec![r#"{"created_at":"x","context":"y"}"#; 20_000].join(",")
     );
-    raw_publish(client, subject, huge.as_bytes()).await;
+    raw_publish(publisher, subject, huge.as_bytes()).await;
     broadcast.expect_silence(Duration::from_millis(800)).await;
     realtime.expect_silence(Duration::from_millis(1500)).await;
 
@@ -226,14 +225,13 @@ async fn without_nats_a_new_client_is_told_to_come_back_later() {
     assert_eq!(client.close_code().await, 1013);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn events_with_an_old_rev_change_nothing() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn events_with_an_old_rev_change_nothing(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner
         .seed_scene("s-old", vec![location("s-old", "l-1", "A1", "S1", 1)])
         .await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
     let mut realtime = Client::connect(&hub, "/ws/storage-location/s-old?interval=1").await;
     let mut broadcast = Client::connect(&hub, "/ws/storage-location-broadcast/s-old").await;
     realtime.next_of_type("storage_location_update").await;
@@ -282,12 +280,13 @@ async fn events_with_an_old_rev_change_nothing() {
     assert!(hub.metric("vwed_hub_events_stale_total").await >= 1.0);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_broadcast_client_that_falls_behind_is_closed_with_1013_and_others_keep_up() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn a_broadcast_client_that_falls_behind_is_closed_with_1013_and_others_keep_up(
+    kind: BrokerKind,
+) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner.seed_scene("s-slow", vec![]).await;
-    let hub = TestHub::start_with(&nats, |c| {
+    let hub = TestHub::start_with(&broker, |c| {
         c.client_queue = 4;
         c.write_timeout = Duration::from_secs(60);
     })
@@ -298,18 +297,15 @@ async fn a_broadcast_client_that_falls_behind_is_closed_with_1013_and_others_kee
     hub.wait_for_subscriptions(1).await;
 
     // About 8 MB of upserts: far more than the socket buffers hold for a client that does not
-    // read while they are published.
+    // read while they are published. Each is published once the reader has the one before, so
+    // the reader keeps up however fast the broker delivers.
     const EVENTS: usize = 25;
-    let publishing = async {
+    let publishing_and_reading = async {
         for n in 0..EVENTS {
             let batch = (0..400)
                 .map(|i| location("s-slow", &format!("l-{n}-{i}"), "A1", &format!("S{n}"), i))
                 .collect();
             owner.upsert("s-slow", batch).await;
-        }
-    };
-    let reading = async {
-        for n in 0..EVENTS {
             let update = reader.next_of_type("storage_location_update").await;
             assert_eq!(update["data"]["total"], 400);
             assert_eq!(
@@ -326,19 +322,18 @@ async fn a_broadcast_client_that_falls_behind_is_closed_with_1013_and_others_kee
         .await;
         stalled.close_code().await
     };
-    let ((), (), code) = tokio::join!(publishing, reading, stalled_sees);
+    let ((), code) = tokio::join!(publishing_and_reading, stalled_sees);
     assert_eq!(code, 1013);
     reader.assert_alive().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_result_past_the_end_fetches_the_missed_ones() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn a_result_past_the_end_fetches_the_missed_ones(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner
         .seed_task("t-gap", vec![TaskResult::now("[a] 0", TaskStatus::Running)])
         .await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
     let mut client = Client::connect(&hub, "/ws/task-execution/t-gap?interval=1").await;
     assert_eq!(
         client.next_of_type("task_execution_update").await["data"]
@@ -367,14 +362,13 @@ async fn a_result_past_the_end_fetches_the_missed_ones() {
     assert_eq!(update["data"].as_array().unwrap().len(), 3);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_event_no_snapshot_explains_is_dropped_without_a_storm_of_requests() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn an_event_no_snapshot_explains_is_dropped_without_a_storm_of_requests(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner
         .seed_task("t-bad", vec![TaskResult::now("[a] 0", TaskStatus::Running)])
         .await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
     let mut client = Client::connect(&hub, "/ws/task-execution/t-bad?interval=1").await;
     let first = client.next_of_type("task_execution_update").await;
     hub.wait_for_subscriptions(1).await;
@@ -417,15 +411,15 @@ async fn an_event_no_snapshot_explains_is_dropped_without_a_storm_of_requests() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_lost_while_a_snapshot_is_on_its_way_is_recovered() {
-    let mut nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+    let mut broker = TestBroker::start(BrokerKind::Nats).await;
+    let owner = Owner::start(&broker).await;
     owner
         .seed_task(
             "t-late",
             vec![TaskResult::now("[a] 0", TaskStatus::Running)],
         )
         .await;
-    let hub = TestHub::start_with(&nats, |c| c.snapshot_timeout = Duration::from_secs(5)).await;
+    let hub = TestHub::start_with(&broker, |c| c.snapshot_timeout = Duration::from_secs(5)).await;
     let mut client = Client::connect(&hub, "/ws/task-execution/t-late?interval=1").await;
     client.next_of_type("task_execution_update").await;
     hub.wait_for_subscriptions(1).await;
@@ -433,7 +427,7 @@ async fn an_event_lost_while_a_snapshot_is_on_its_way_is_recovered() {
     // A reconnect makes the hub re-snapshot; the owner answers a second late, from state read
     // before what follows. Meanwhile result 1 is lost on the way and result 2 arrives.
     owner.delay_replies(Duration::from_secs(1));
-    nats.restart().await;
+    broker.nats().restart().await;
     hub.wait_until_ready().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     owner.delay_replies(Duration::ZERO);
@@ -459,3 +453,14 @@ async fn an_event_lost_while_a_snapshot_is_on_its_way_is_recovered() {
         assert!(tokio::time::Instant::now() < deadline, "stuck at {update}");
     }
 }
+
+on_both_brokers!(
+    events_racing_a_snapshot_merge_exactly,
+    a_missing_owner_gets_an_error_and_the_state_once_it_answers,
+    a_slow_owner_times_out_and_is_retried,
+    malformed_events_are_dropped_and_the_hub_carries_on,
+    events_with_an_old_rev_change_nothing,
+    a_broadcast_client_that_falls_behind_is_closed_with_1013_and_others_keep_up,
+    a_result_past_the_end_fetches_the_missed_ones,
+    an_event_no_snapshot_explains_is_dropped_without_a_storm_of_requests,
+);

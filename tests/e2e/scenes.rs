@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vwed_e2e::{location, Client, Nats, Owner, Received, TestHub};
+use vwed_e2e::{
+    location, on_both_brokers, BrokerKind, Client, Owner, Received, TestBroker, TestHub,
+};
 use vwed_publisher::{StatusAction, StorageLocation};
 
 /// A scene with two areas, stations that sort naturally (S2 before S10), and some flags set.
@@ -67,17 +69,16 @@ fn update_data(message: &Value, scene: &str) -> Value {
     message["data"].clone()
 }
 
-async fn start(scene: &str) -> (Nats, Owner, TestHub) {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn start(kind: BrokerKind, scene: &str) -> (TestBroker, Owner, TestHub) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner.seed_scene(scene, warehouse(scene)).await;
-    let hub = TestHub::start(&nats).await;
-    (nats, owner, hub)
+    let hub = TestHub::start(&broker).await;
+    (broker, owner, hub)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn realtime_sends_every_location_in_natural_order_on_connect() {
-    let (_nats, owner, hub) = start("s-1").await;
+async fn realtime_sends_every_location_in_natural_order_on_connect(kind: BrokerKind) {
+    let (_broker, owner, hub) = start(kind, "s-1").await;
     let mut client = Client::connect(&hub, "/ws/storage-location/s-1").await;
     let data = update_data(&client.next_json().await, "s-1");
     assert_eq!(
@@ -98,9 +99,8 @@ async fn realtime_sends_every_location_in_natural_order_on_connect() {
     assert_eq!(first["max_weight"], 5000);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_filter_alone_and_combined() {
-    let (_nats, _owner, hub) = start("s-f").await;
+async fn every_filter_alone_and_combined(kind: BrokerKind) {
+    let (_broker, _owner, hub) = start(kind, "s-f").await;
     let cases: Vec<(&str, Vec<&str>)> = vec![
         ("storage_area_id=A2", vec!["l-b-1", "l-b-2"]),
         ("station_name=S2", vec!["l-2-1", "l-2-2"]),
@@ -141,9 +141,8 @@ async fn every_filter_alone_and_combined() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn status_changes_reach_filters_that_match_before_or_after() {
-    let (_nats, owner, hub) = start("s-c").await;
+async fn status_changes_reach_filters_that_match_before_or_after(kind: BrokerKind) {
+    let (_broker, owner, hub) = start(kind, "s-c").await;
     let mut free = Client::connect(
         &hub,
         "/ws/storage-location/s-c?is_occupied=false&interval=1",
@@ -205,9 +204,8 @@ async fn status_changes_reach_filters_that_match_before_or_after() {
     other_area.expect_silence(Duration::from_millis(2500)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn several_changes_in_one_interval_give_one_update() {
-    let (_nats, owner, hub) = start("s-q").await;
+async fn several_changes_in_one_interval_give_one_update(kind: BrokerKind) {
+    let (_broker, owner, hub) = start(kind, "s-q").await;
     let mut client =
         Client::connect(&hub, "/ws/storage-location/s-q?station_name=S2&interval=2").await;
     client.next_of_type("storage_location_update").await;
@@ -245,9 +243,8 @@ async fn several_changes_in_one_interval_give_one_update() {
     client.expect_silence(Duration::from_millis(4500)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_change_outside_the_filter_pushes_nothing() {
-    let (_nats, owner, hub) = start("s-n").await;
+async fn a_change_outside_the_filter_pushes_nothing(kind: BrokerKind) {
+    let (_broker, owner, hub) = start(kind, "s-n").await;
     let mut client = Client::connect(
         &hub,
         "/ws/storage-location/s-n?storage_area_id=A2&interval=1",
@@ -270,9 +267,8 @@ async fn a_change_outside_the_filter_pushes_nothing() {
     assert_eq!(ids(&data), ["l-b-1", "l-b-2", "l-b-3"]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn broadcast_sends_changes_as_they_happen() {
-    let (_nats, owner, hub) = start("s-b").await;
+async fn broadcast_sends_changes_as_they_happen(kind: BrokerKind) {
+    let (_broker, owner, hub) = start(kind, "s-b").await;
     let mut client = Client::connect(&hub, "/ws/storage-location-broadcast/s-b").await;
     hub.wait_for_subscriptions(1).await;
     client.expect_silence(Duration::from_millis(500)).await;
@@ -318,10 +314,9 @@ async fn broadcast_sends_changes_as_they_happen() {
     assert_eq!(data["total"], 7);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_large_scene_is_paged() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn a_large_scene_is_paged(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     let many: Vec<StorageLocation> = (1..=1201)
         .map(|i| {
             location(
@@ -334,7 +329,7 @@ async fn a_large_scene_is_paged() {
         })
         .collect();
     owner.seed_scene("big", many).await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
     let mut client = Client::connect(&hub, "/ws/storage-location/big").await;
     let data = update_data(&client.next_json().await, "big");
     assert_eq!(data["total"], 1201);
@@ -352,9 +347,8 @@ async fn a_large_scene_is_paged() {
     assert_eq!(data["total_pages"], 1);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn get_status_answers_even_when_nothing_changed() {
-    let (_nats, _owner, hub) = start("s-g").await;
+async fn get_status_answers_even_when_nothing_changed(kind: BrokerKind) {
+    let (_broker, _owner, hub) = start(kind, "s-g").await;
     let mut client =
         Client::connect(&hub, "/ws/storage-location/s-g?is_locked=true&interval=30").await;
     let first = update_data(&client.next_json().await, "s-g");
@@ -365,11 +359,10 @@ async fn get_status_answers_even_when_nothing_changed() {
     client.assert_alive().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_scene_that_appears_later_starts_with_its_state_not_a_change() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
-    let hub = TestHub::start(&nats).await;
+async fn a_scene_that_appears_later_starts_with_its_state_not_a_change(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
+    let hub = TestHub::start(&broker).await;
     let mut client = Client::connect(&hub, "/ws/storage-location/s-new?interval=1").await;
     let error = client.next_of_type("error").await;
     assert_eq!(error["scene_id"], "s-new");
@@ -390,14 +383,13 @@ async fn a_scene_that_appears_later_starts_with_its_state_not_a_change() {
     client.expect_silence(Duration::from_millis(1500)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_slow_reader_ends_with_the_latest_word_on_every_location() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn a_slow_reader_ends_with_the_latest_word_on_every_location(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner
         .seed_scene("s-lag", vec![location("s-lag", "a", "A1", "S1", 1)])
         .await;
-    let hub = TestHub::start_with(&nats, |c| c.client_queue = 4).await;
+    let hub = TestHub::start_with(&broker, |c| c.client_queue = 4).await;
     let mut client =
         Client::connect_with_small_buffer(&hub, "/ws/storage-location/s-lag?interval=1").await;
     client.next_of_type("storage_location_update").await;
@@ -440,3 +432,16 @@ async fn a_slow_reader_ends_with_the_latest_word_on_every_location() {
         "the queue overflowed"
     );
 }
+
+on_both_brokers!(
+    realtime_sends_every_location_in_natural_order_on_connect,
+    every_filter_alone_and_combined,
+    status_changes_reach_filters_that_match_before_or_after,
+    several_changes_in_one_interval_give_one_update,
+    a_change_outside_the_filter_pushes_nothing,
+    broadcast_sends_changes_as_they_happen,
+    a_large_scene_is_paged,
+    get_status_answers_even_when_nothing_changed,
+    a_scene_that_appears_later_starts_with_its_state_not_a_change,
+    a_slow_reader_ends_with_the_latest_word_on_every_location,
+);

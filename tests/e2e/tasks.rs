@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::time::Instant;
-use vwed_e2e::{encode_id, Client, Nats, Owner, TestHub};
+use vwed_e2e::{encode_id, on_both_brokers, BrokerKind, Client, Owner, TestBroker, TestHub};
 use vwed_publisher::{TaskResult, TaskStatus};
 
 fn results(contexts: &[&str]) -> Vec<TaskResult> {
@@ -41,14 +41,13 @@ fn update_data(message: &Value, task: &str) -> Value {
     message["data"].clone()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn realtime_sends_the_full_list_on_connect() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn realtime_sends_the_full_list_on_connect(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner
         .seed_task("t-1", results(&["[取货] 开始", "[取货] 完成"]))
         .await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
 
     let mut client = Client::connect(&hub, "/ws/task-execution/t-1").await;
     let data = update_data(&client.next_json().await, "t-1");
@@ -61,12 +60,11 @@ async fn realtime_sends_the_full_list_on_connect() {
     assert_eq!(keys, ["context", "created_at", "status"]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn realtime_conflates_changes_into_one_update_per_interval() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn realtime_conflates_changes_into_one_update_per_interval(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner.seed_task("t-1", results(&["[a] 1"])).await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
 
     let mut client = Client::connect(&hub, "/ws/task-execution/t-1?interval=2").await;
     update_data(&client.next_json().await, "t-1");
@@ -93,12 +91,11 @@ async fn realtime_conflates_changes_into_one_update_per_interval() {
     client.expect_silence(Duration::from_millis(4500)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn realtime_pushes_nothing_while_nothing_changes() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn realtime_pushes_nothing_while_nothing_changes(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner.seed_task("quiet", results(&["[a] 1"])).await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
 
     let mut client = Client::connect(&hub, "/ws/task-execution/quiet?interval=1").await;
     update_data(&client.next_json().await, "quiet");
@@ -109,12 +106,11 @@ async fn realtime_pushes_nothing_while_nothing_changes() {
     assert_eq!(data[1]["status"], "FAILED");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn broadcast_forwards_each_event_with_its_own_results() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn broadcast_forwards_each_event_with_its_own_results(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner.seed_task("t-b", results(&["[a] 1"])).await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
 
     let mut client = Client::connect(&hub, "/ws/task-execution-broadcast/t-b").await;
     hub.wait_for_subscriptions(1).await;
@@ -134,12 +130,11 @@ async fn broadcast_forwards_each_event_with_its_own_results() {
     client.expect_silence(Duration::from_millis(2500)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn get_status_answers_at_once_on_both_endpoints() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn get_status_answers_at_once_on_both_endpoints(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner.seed_task("t-s", results(&["[a] 1", "[b] 2"])).await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
     let expected = owner.task_data("t-s").await;
 
     let mut realtime = Client::connect(&hub, "/ws/task-execution/t-s?interval=30").await;
@@ -154,12 +149,11 @@ async fn get_status_answers_at_once_on_both_endpoints() {
     assert_eq!(update_data(&broadcast.next_json().await, "t-s"), expected);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_clients_share_one_subscription_that_ends_with_the_last() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn two_clients_share_one_subscription_that_ends_with_the_last(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner.seed_task("shared", results(&["[a] 1"])).await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
 
     let mut realtime = Client::connect(&hub, "/ws/task-execution/shared?interval=1").await;
     let mut broadcast = Client::connect(&hub, "/ws/task-execution-broadcast/shared").await;
@@ -191,11 +185,10 @@ async fn two_clients_share_one_subscription_that_ends_with_the_last() {
     hub.wait_for_subscriptions(0).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ids_that_look_like_subject_syntax_receive_only_their_own_events() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
-    let hub = TestHub::start(&nats).await;
+async fn ids_that_look_like_subject_syntax_receive_only_their_own_events(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
+    let hub = TestHub::start(&broker).await;
     let ids = [
         "a.b",
         "a",
@@ -232,11 +225,10 @@ async fn ids_that_look_like_subject_syntax_receive_only_their_own_events() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_unknown_task_gets_an_error_then_updates_once_it_exists() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
-    let hub = TestHub::start(&nats).await;
+async fn an_unknown_task_gets_an_error_then_updates_once_it_exists(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
+    let hub = TestHub::start(&broker).await;
 
     let mut client = Client::connect(&hub, "/ws/task-execution/later?interval=1").await;
     let error = client.next_of_type("error").await;
@@ -253,12 +245,13 @@ async fn an_unknown_task_gets_an_error_then_updates_once_it_exists() {
     assert_eq!(data, owner.task_data("later").await);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_client_joining_a_running_group_waits_a_full_interval_for_its_first_update() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
+async fn a_client_joining_a_running_group_waits_a_full_interval_for_its_first_update(
+    kind: BrokerKind,
+) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
     owner.seed_task("t-g", results(&["[a] 1"])).await;
-    let hub = TestHub::start(&nats).await;
+    let hub = TestHub::start(&broker).await;
 
     let mut early = Client::connect(&hub, "/ws/task-execution/t-g?interval=2").await;
     update_data(&early.next_json().await, "t-g");
@@ -279,11 +272,10 @@ async fn a_client_joining_a_running_group_waits_a_full_interval_for_its_first_up
     assert_eq!(data, owner.task_data("t-g").await);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn clients_coming_and_going_do_not_hold_back_a_waiting_one() {
-    let nats = Nats::start().await;
-    let owner = Owner::start(&nats.url()).await;
-    let hub = TestHub::start(&nats).await;
+async fn clients_coming_and_going_do_not_hold_back_a_waiting_one(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
+    let hub = TestHub::start(&broker).await;
     let mut waiting = Client::connect(&hub, "/ws/task-execution/t-cg?interval=2").await;
     waiting.next_of_type("error").await;
     owner.append("t-cg", "[a] 1", TaskStatus::Running).await;
@@ -307,3 +299,16 @@ async fn clients_coming_and_going_do_not_hold_back_a_waiting_one() {
     assert!(waited < Duration::from_millis(3000), "waited {waited:?}");
     assert_eq!(update["data"], owner.task_data("t-cg").await);
 }
+
+on_both_brokers!(
+    realtime_sends_the_full_list_on_connect,
+    realtime_conflates_changes_into_one_update_per_interval,
+    realtime_pushes_nothing_while_nothing_changes,
+    broadcast_forwards_each_event_with_its_own_results,
+    get_status_answers_at_once_on_both_endpoints,
+    two_clients_share_one_subscription_that_ends_with_the_last,
+    ids_that_look_like_subject_syntax_receive_only_their_own_events,
+    an_unknown_task_gets_an_error_then_updates_once_it_exists,
+    a_client_joining_a_running_group_waits_a_full_interval_for_its_first_update,
+    clients_coming_and_going_do_not_hold_back_a_waiting_one,
+);

@@ -1,7 +1,9 @@
-//! The parts every end-to-end test is built from: a real `nats-server` process on a free port,
-//! the real hub on a free port, an owner service that publishes and answers snapshots through the
-//! real SDK, and real WebSocket clients.
+//! The parts every end-to-end test is built from: a broker (a real `nats-server` process on a
+//! free port, or the hub's embedded bus), the real hub on a free port, an owner service that
+//! publishes and answers snapshots through the real SDK, and real WebSocket clients.
 
+pub mod broker;
+pub mod browser;
 pub mod client;
 pub mod nats;
 pub mod owner;
@@ -10,10 +12,14 @@ use std::net::SocketAddr;
 use std::sync::Once;
 use std::time::Duration;
 
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use vwed_hub::broker::Broker;
 use vwed_hub::{Hub, HubConfig};
 
+pub use broker::{BrokerKind, TestBroker};
 pub use client::{Client, Received};
 pub use nats::Nats;
 pub use owner::{location, Owner};
@@ -41,25 +47,58 @@ pub struct TestHub {
 }
 
 impl TestHub {
-    /// The hub with default settings against `nats`.
-    pub async fn start(nats: &Nats) -> Self {
-        Self::start_with(nats, |_| {}).await
+    /// The hub with default settings on `broker`.
+    pub async fn start(broker: &TestBroker) -> Self {
+        Self::start_with(broker, |_| {}).await
     }
 
-    /// The hub against `nats`, with `adjust` applied to the configuration.
-    pub async fn start_with(nats: &Nats, adjust: impl FnOnce(&mut HubConfig)) -> Self {
-        let test_hub = Self::launch(&nats.url(), adjust).await;
+    /// The hub on `broker`, with `adjust` applied to the configuration.
+    pub async fn start_with(broker: &TestBroker, adjust: impl FnOnce(&mut HubConfig)) -> Self {
+        let test_hub = match broker.hub_broker() {
+            Some(embedded) => Self::launch_on(embedded, adjust).await,
+            None => Self::launch(&broker.nats_url().unwrap_or_default(), adjust).await,
+        };
         test_hub.wait_until_ready().await;
         test_hub
     }
 
     /// The hub against the NATS at `nats_url`, without waiting for it to connect.
     pub async fn launch(nats_url: &str, adjust: impl FnOnce(&mut HubConfig)) -> Self {
+        let mut config = Self::config(adjust);
+        config.nats_url = Some(nats_url.to_owned());
+        Self::serve(Hub::start(config).await)
+    }
+
+    /// The hub on an embedded broker of the test's.
+    async fn launch_on(broker: Arc<dyn Broker>, adjust: impl FnOnce(&mut HubConfig)) -> Self {
+        let config = Self::config(adjust);
+        Self::serve(Hub::start_with_broker(config, broker).await)
+    }
+
+    /// The hub in demo mode on its own embedded broker, as the README's first command runs it.
+    pub async fn start_demo() -> Self {
+        let mut config = Self::config(|_| {});
+        config.nats_url = None;
+        config.demo = true;
+        Self::serve(Hub::start(config).await)
+    }
+
+    /// The hub itself, e.g. for its demo or its bus.
+    pub fn hub(&self) -> &Hub {
+        self.hub.as_ref().expect("the hub is running")
+    }
+
+    /// Test settings: a free port and short snapshot timeouts, then `adjust`.
+    fn config(adjust: impl FnOnce(&mut HubConfig)) -> HubConfig {
         init_logging();
-        let mut config = HubConfig::new(loopback_any_port(), nats_url);
+        let mut config = HubConfig::new(loopback_any_port());
         config.snapshot_timeout = Duration::from_millis(500);
         adjust(&mut config);
-        let hub = Hub::start(config).await.expect("the hub starts");
+        config
+    }
+
+    fn serve(started: anyhow::Result<Hub>) -> Self {
+        let hub = started.expect("the hub starts");
         let addr = hub.local_addr();
         Self {
             hub: Some(hub),

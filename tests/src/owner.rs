@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
+
+use crate::TestBroker;
 use vwed_publisher::{
     LocationStatus, Publisher, SceneChange, SceneEvent, SceneSnapshot, SnapshotResponder,
     StatusAction, StorageLocation, TaskChange, TaskEvent, TaskResult, TaskSnapshot, TaskStatus,
@@ -35,24 +37,17 @@ pub struct Owner {
 }
 
 impl Owner {
-    /// Connects to NATS at `url` and answers snapshots.
-    pub async fn start(url: &str) -> Self {
-        let mut owner = Self::start_silent(url).await;
+    /// Connects to `broker` and answers snapshots.
+    pub async fn start(broker: &TestBroker) -> Self {
+        let mut owner = Self::start_silent(broker).await;
         owner.answer_snapshots().await;
         owner
     }
 
-    /// Connects to NATS at `url` but does not answer snapshots (yet).
-    pub async fn start_silent(url: &str) -> Self {
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .reconnect_delay_callback(|_| Duration::from_millis(100))
-            .connect(url)
-            .await
-            .expect("the owner connects to NATS");
+    /// Connects to `broker` but does not answer snapshots (yet).
+    pub async fn start_silent(broker: &TestBroker) -> Self {
         Self {
-            publisher: Publisher::new(client),
+            publisher: broker.publisher().await,
             state: Arc::default(),
             behaviour: Arc::default(),
             responders: Vec::new(),

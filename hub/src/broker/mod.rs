@@ -1,10 +1,11 @@
 //! The message broker the hub listens to: one interface, so that nothing above this module knows
-//! which implementation runs.
+//! which implementation runs: NATS, or the embedded in-process bus.
 //!
 //! The hub needs three things of a broker: per-subject subscriptions that end when dropped,
 //! request/reply for snapshots, and word of connection changes and lost messages (after which
 //! every served key is re-snapshotted, since events may have been missed).
 
+mod memory;
 mod nats;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use tokio::sync::broadcast;
 
+pub use memory::MemoryBroker;
 pub use nats::NatsBroker;
 
 /// Payloads published on one subject, in order. Dropping the stream unsubscribes.
