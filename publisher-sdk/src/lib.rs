@@ -38,6 +38,13 @@
 //! publisher stay in order. Across processes, let one instance own a key at a time (as a task
 //! engine owns its tasks), or take revs from the store that orders the writes.
 //!
+//! ## Without NATS
+//!
+//! [`Publisher::in_process`] publishes on a [`MemoryBus`] instead: an in-process stand-in for a
+//! NATS server with the same semantics for what the SDK and the hub use. The hub runs on one when
+//! started without `--nats-url` (its `--demo` publishes there), and a service's own tests can use
+//! one to run without a server.
+//!
 //! ## Example
 //!
 //! A task engine that appends a result and answers snapshots from its in-memory state
