@@ -26,7 +26,7 @@ struct Args {
     nats_url: String,
 
     /// First tokens of every NATS subject; must match the hub's --subject-prefix.
-    #[arg(long, env = "VWED_SUBJECT_PREFIX", default_value = "vwed", value_parser = parse_prefix)]
+    #[arg(long, env = "VWED_SUBJECT_PREFIX", default_value = "vwed", value_parser = vwed_publisher::subject::parse_prefix)]
     subject_prefix: String,
 
     /// How many scenes to simulate (warehouse-north, warehouse-south, cold-store, then
@@ -152,24 +152,6 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
         _ => Err("must be a number of changes per second, 0 or more (e.g. 4 or 0.5)".into()),
-    }
-}
-
-/// Same rule as the hub's: literal subject tokens, so the prefix cannot turn into a wildcard.
-fn parse_prefix(text: &str) -> Result<String, String> {
-    let valid = text.split('.').all(|token| {
-        !token.is_empty()
-            && token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    });
-    if valid {
-        Ok(text.to_owned())
-    } else {
-        Err(
-            "use dot-separated tokens of letters, digits, '_' and '-' (e.g. vwed or prod.vwed)"
-                .into(),
-        )
     }
 }
 

@@ -15,6 +15,26 @@ const MAX_PLAIN_KEY_LEN: usize = 128;
 /// Marks an encoded key; `~` cannot start a plain key, so the two forms never collide.
 const ENCODED_MARK: char = '~';
 
+/// Checks a subject prefix given on a command line or in configuration: dot-separated tokens of
+/// letters, digits, `_` and `-`, so that a prefix can never act as a wildcard. Returns it owned,
+/// as a `clap` value parser wants.
+pub fn parse_prefix(text: &str) -> Result<String, String> {
+    let valid = text.split('.').all(|token| {
+        !token.is_empty()
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    });
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(
+            "use dot-separated tokens of letters, digits, '_' and '-' (e.g. vwed or prod.vwed)"
+                .into(),
+        )
+    }
+}
+
 /// Turns an id into its subject token: the id itself when it is `[A-Za-z0-9_-]{1,128}`, else `~`
 /// and the unpadded base64url of its UTF-8 bytes. Either way the token holds no `.`, `*`, `>` or
 /// whitespace, so no id can become a wildcard or reach another key's subject.
@@ -126,6 +146,15 @@ impl Subjects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_must_be_literal_subject_tokens() {
+        assert!(parse_prefix("vwed").is_ok());
+        assert!(parse_prefix("prod.vwed-2").is_ok());
+        for bad in ["", "a..b", "*", "a.>", "a b", ".a"] {
+            assert!(parse_prefix(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn plain_ids_stay_as_they_are() {
