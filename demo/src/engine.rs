@@ -313,7 +313,9 @@ pub(crate) async fn run_task_slot(
 /// than sleeping a fixed time after each change, so the time a change takes does not lower
 /// the rate (which matters at high rates).
 pub(crate) async fn run_background(engine: Arc<Engine>, per_second: f64, mut rng: Rng) {
-    let mean = Duration::from_secs_f64(1.0 / per_second);
+    // At least one change a quarter of an hour, so the pause stays a sane duration however
+    // small a rate the caller gave.
+    let mean = Duration::from_secs_f64(1.0 / per_second.max(1.0 / 900.0));
     let mut due = Instant::now();
     loop {
         due += jitter(mean, &mut rng);

@@ -64,7 +64,8 @@ async fn main() -> anyhow::Result<()> {
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .connect(args.nats_url.as_str())
+        // A comma-separated list of servers, as the help says; async-nats takes one per string.
+        .connect(args.nats_url.split(',').map(str::trim).collect::<Vec<_>>())
         .await?;
     let publisher = Publisher::new(client).with_prefix(&args.subject_prefix);
     let config = DemoConfig {

@@ -33,11 +33,12 @@ pub struct Config {
     /// comma-separated. The hub starts even when NATS is down and connects as soon as it can
     /// (until then /readyz says 503 and new clients are closed with 1013). Unset: the hub runs
     /// on an embedded in-process broker instead.
-    #[arg(long, env = "VWED_NATS_URL")]
+    #[arg(long, env = "VWED_NATS_URL", value_parser = parse_nats_url)]
     pub nats_url: Option<String>,
 
     /// Run simulated task engines and storage services inside the hub, publishing on its broker
-    /// (the embedded one, or NATS with --nats-url), and log where to watch them.
+    /// (the embedded one, or NATS with --nats-url), and log where to watch them. On NATS they
+    /// answer snapshots for every key under the prefix: never beside real services.
     #[arg(long, env = "VWED_DEMO", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub demo: bool,
@@ -79,6 +80,17 @@ impl Config {
     }
 }
 
+fn parse_nats_url(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err(
+            "is empty; give a URL such as nats://127.0.0.1:4222, or unset it (and \
+                    VWED_NATS_URL) to run on the embedded broker"
+                .into(),
+        );
+    }
+    Ok(text.to_owned())
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration =
         humantime::parse_duration(text).map_err(|e| format!("{e} (try e.g. 20s, 500ms, 1m)"))?;
@@ -100,6 +112,12 @@ mod tests {
         assert!(!config.demo);
         assert_eq!(config.subject_prefix, "vwed");
         assert_eq!(config.ping_interval, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn an_empty_nats_url_is_a_mistake_not_the_embedded_broker() {
+        assert!(Config::try_parse_from(["vwed-hub", "--nats-url", ""]).is_err());
+        assert!(Config::try_parse_from(["vwed-hub", "--nats-url", " "]).is_err());
     }
 
     #[test]

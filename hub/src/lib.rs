@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use vwed_demo::{Demo, DemoConfig};
 use vwed_publisher::{MemoryBus, Publisher, Subjects};
 
-use crate::broker::{Broker, MemoryBroker, NatsBroker};
+use crate::broker::{server_list, Broker, MemoryBroker, NatsBroker};
 use crate::config::Config;
 use crate::fanout::{FanOut, TopicContext};
 use crate::metrics::Metrics;
@@ -45,8 +45,8 @@ pub struct Hub {
     local_addr: SocketAddr,
     /// Cancelling it starts the drain.
     shutdown: CancellationToken,
-    /// The server task; ends when the drain is done.
-    server: JoinHandle<anyhow::Result<()>>,
+    /// The server task; ends when the drain is done. Taken by `shutdown`.
+    server: Option<JoinHandle<anyhow::Result<()>>>,
     /// The embedded broker's bus, when the hub runs on one: in-process publishers (the demo, a
     /// test's owner service) publish and answer snapshots on it.
     bus: Option<MemoryBus>,
@@ -55,8 +55,8 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Connects to NATS (in the background if it is down) or sets up the embedded broker, binds
-    /// the listener, starts serving, and starts the demo if asked to.
+    /// Connects to NATS (in the background if it is down) or sets up the embedded broker,
+    /// starts the demo if asked to, binds the listener and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let (broker, bus): (Arc<dyn Broker>, _) = match &config.nats_url {
             Some(url) => {
@@ -68,40 +68,34 @@ impl Hub {
             }
             None => {
                 let bus = MemoryBus::new();
-                tracing::info!(
-                    "broker: embedded in-process bus (no --nats-url given); \
-                     only publishers inside this process can reach it"
-                );
-                (Arc::new(MemoryBroker::new(bus.clone())), Some(bus))
+                if config.demo {
+                    tracing::info!("broker: embedded in-process bus (no --nats-url given)");
+                } else {
+                    tracing::warn!(
+                        "broker: embedded in-process bus (no --nats-url given): no service outside \
+                         this process can publish to it; give --nats-url (VWED_NATS_URL) in production"
+                    );
+                }
+                (Arc::new(MemoryBroker::new(&bus)), Some(bus))
             }
         };
-        let demo_publisher = match (&bus, &config.nats_url) {
-            _ if !config.demo => None,
-            (Some(bus), _) => Some(Publisher::in_process(bus.clone())),
-            (None, url) => Some(Publisher::new(
-                async_nats::ConnectOptions::new()
-                    .name("vwed-hub-demo")
-                    .retry_on_initial_connect()
-                    .max_reconnects(None)
-                    .connect(url.as_deref().unwrap_or_default())
-                    .await
-                    .context("the demo cannot reach NATS")?,
-            )),
+        // The demo answers snapshots before the first client can ask for one.
+        let demo = if config.demo {
+            Some(start_demo(&config, bus.as_ref()).await?)
+        } else {
+            None
         };
-        let prefix = config.subject_prefix.clone();
         let mut hub = Self::start_with_broker(config, broker).await?;
         hub.bus = bus;
-        if let Some(publisher) = demo_publisher {
-            let demo = Demo::start(publisher.with_prefix(prefix), DemoConfig::default())
-                .await
-                .context("the demo could not start")?;
+        if let Some(demo) = demo {
             announce_demo(&demo, hub.local_addr).await;
             hub.demo = Some(demo);
         }
         Ok(hub)
     }
 
-    /// Starts serving over an already connected broker.
+    /// Starts serving over an already connected broker (without the demo, which needs a
+    /// publisher of its own; see [`Hub::start`]).
     pub async fn start_with_broker(
         config: Config,
         broker: Arc<dyn Broker>,
@@ -152,7 +146,7 @@ impl Hub {
         Ok(Self {
             local_addr,
             shutdown,
-            server,
+            server: Some(server),
             bus: None,
             demo: None,
         })
@@ -174,14 +168,56 @@ impl Hub {
     }
 
     /// Stops accepting, closes every client with 1001 and waits (up to the drain limit).
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        let drained = self.server.await.context("server task failed")?;
-        if let Some(demo) = self.demo {
+        let drained = match self.server.take() {
+            Some(server) => server.await.context("server task failed")?,
+            None => Ok(()),
+        };
+        if let Some(demo) = self.demo.take() {
             demo.stop();
         }
         drained
     }
+}
+
+impl Drop for Hub {
+    /// A hub dropped without [`Hub::shutdown`] still stops serving (without waiting for the
+    /// drain), so that it never outlives its owner.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts the simulated services on the hub's own broker: the embedded bus, or a NATS connection
+/// of their own.
+async fn start_demo(config: &Config, bus: Option<&MemoryBus>) -> anyhow::Result<Demo> {
+    let publisher = match (bus, &config.nats_url) {
+        (Some(bus), _) => Publisher::in_process(bus.clone()),
+        (None, url) => {
+            let url = url.as_deref().unwrap_or_default();
+            tracing::warn!(
+                "--demo on NATS: the demo answers snapshots for every key under the prefix \
+                 {:?}; run it on one hub only, and never beside real services on that prefix",
+                config.subject_prefix
+            );
+            Publisher::new(
+                async_nats::ConnectOptions::new()
+                    .name("vwed-hub-demo")
+                    .retry_on_initial_connect()
+                    .max_reconnects(None)
+                    .connect(server_list(url))
+                    .await
+                    .context("the demo cannot reach NATS")?,
+            )
+        }
+    };
+    Demo::start(
+        publisher.with_prefix(config.subject_prefix.clone()),
+        DemoConfig::default(),
+    )
+    .await
+    .context("the demo could not start")
 }
 
 /// Logs what the demo runs and where to watch it.

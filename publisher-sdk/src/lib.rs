@@ -128,6 +128,9 @@ pub enum Error {
     /// The responder could not subscribe to its request subject.
     #[error("could not subscribe: {0}")]
     Subscribe(#[source] async_nats::SubscribeError),
+    /// The in-process bus refused the message.
+    #[error("could not publish: {0}")]
+    InProcess(#[source] memory::PublishError),
     /// Buffered messages could not be written to the server.
     #[error("could not flush: {0}")]
     Flush(#[source] async_nats::client::FlushError),

@@ -31,10 +31,10 @@ impl Link {
                 .publish(subject, payload)
                 .await
                 .map_err(Error::Publish),
-            Link::Memory(bus) => {
-                bus.publish(&subject, payload);
-                Ok(())
-            }
+            Link::Memory(bus) => bus
+                .publish(&subject, payload)
+                .map(drop)
+                .map_err(Error::InProcess),
         }
     }
 

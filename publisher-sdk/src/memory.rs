@@ -7,7 +7,10 @@
 //! * every plain subscription gets every matching message; in a queue group, one member gets it;
 //! * messages from one publisher reach a subscriber in the order they were published;
 //! * a subscriber that falls [`SUBSCRIPTION_CAPACITY`] messages behind loses the overflow, and
-//!   the loss is announced (as NATS reports a slow consumer);
+//!   the loss is announced to the handle that subscribed (as NATS reports a slow consumer to its
+//!   connection); each [`MemoryBus::connect`] is such a handle, like a NATS connection;
+//! * subjects with wildcards cannot be published to, and payloads are limited to
+//!   [`MAX_PAYLOAD`] (the NATS server's default);
 //! * a request to a subject nobody listens on fails at once with "no responders"; otherwise it
 //!   waits for the first reply, up to its timeout.
 //!
@@ -28,6 +31,9 @@ use tokio::sync::{broadcast, mpsc};
 /// sets on its NATS subscriptions.
 pub const SUBSCRIPTION_CAPACITY: usize = 8192;
 
+/// The largest payload the bus takes, as a NATS server does by default.
+pub const MAX_PAYLOAD: usize = 1024 * 1024;
+
 /// A message as a subscriber receives it.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -39,9 +45,23 @@ pub struct Message {
     pub payload: Bytes,
 }
 
+/// Why a message was not published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The payload is over [`MAX_PAYLOAD`].
+    #[error("payload of {0} bytes is over the {MAX_PAYLOAD}-byte limit")]
+    TooLarge(usize),
+    /// The subject is empty or holds a wildcard or an empty token.
+    #[error("{0:?} is not a subject one can publish to")]
+    InvalidSubject(String),
+}
+
 /// Why a [`MemoryBus::request`] got no reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
+    /// The request could not be published.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
     /// Nobody subscribes to the subject.
     #[error("no responders")]
     NoResponders,
@@ -50,11 +70,24 @@ pub enum RequestError {
     TimedOut,
 }
 
-/// An in-process stand-in for a NATS server. Cheap to clone; clones share one bus.
-#[derive(Clone, Default)]
+/// An in-process stand-in for a NATS server. Cheap to clone; clones share one bus and one
+/// handle (see [`connect`](Self::connect)).
+#[derive(Clone)]
 pub struct MemoryBus {
-    /// Shared by every clone and (weakly) by every subscription, which removes itself on drop.
+    /// Shared by every handle and (weakly) by every subscription, which removes itself on drop.
     inner: Arc<Inner>,
+    /// Where this handle's subscriptions report lost messages; a handle of its own per
+    /// [`connect`](Self::connect), so one client's slow subscriber does not alarm another.
+    losses: broadcast::Sender<()>,
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            losses: broadcast::channel(16).0,
+        }
+    }
 }
 
 impl std::fmt::Debug for MemoryBus {
@@ -69,8 +102,6 @@ struct Inner {
     routes: RwLock<Routes>,
     /// Source of subscription ids (to find a route again on drop) and of reply inboxes.
     next_id: AtomicU64,
-    /// Tells whoever cares that some subscriber lost messages.
-    losses: broadcast::Sender<()>,
 }
 
 impl Default for Inner {
@@ -78,7 +109,6 @@ impl Default for Inner {
         Self {
             routes: RwLock::default(),
             next_id: AtomicU64::new(1),
-            losses: broadcast::channel(16).0,
         }
     }
 }
@@ -99,6 +129,9 @@ struct Route {
     queue_group: Option<String>,
     /// Where its messages go; bounded, so a stuck subscriber cannot grow memory.
     sender: mpsc::Sender<Message>,
+    /// Told when a message is dropped because the subscription is full; `None` for a reply
+    /// inbox, where a second reply is just not wanted.
+    losses: Option<broadcast::Sender<()>>,
 }
 
 impl MemoryBus {
@@ -107,10 +140,19 @@ impl MemoryBus {
         Self::default()
     }
 
+    /// Another handle on the same bus, with its own lost-message notices, as a second NATS
+    /// connection to the same server would have.
+    pub fn connect(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            losses: broadcast::channel(16).0,
+        }
+    }
+
     /// Subscribes to `subject`, which may hold `*` and `>` wildcards. Dropping the subscription
     /// unsubscribes.
     pub fn subscribe(&self, subject: impl Into<String>) -> MemorySubscription {
-        self.add_route(subject.into(), None, SUBSCRIPTION_CAPACITY)
+        self.add_route(subject.into(), None, SUBSCRIPTION_CAPACITY, true)
     }
 
     /// Subscribes as a member of `queue_group`: each message goes to one member of the group.
@@ -123,11 +165,12 @@ impl MemoryBus {
             subject.into(),
             Some(queue_group.into()),
             SUBSCRIPTION_CAPACITY,
+            true,
         )
     }
 
     /// Publishes `payload` on the literal `subject`. Returns how many subscriptions it reached.
-    pub fn publish(&self, subject: &str, payload: Bytes) -> usize {
+    pub fn publish(&self, subject: &str, payload: Bytes) -> Result<usize, PublishError> {
         self.deliver(subject, None, payload)
     }
 
@@ -142,8 +185,8 @@ impl MemoryBus {
             "_INBOX.{}",
             self.inner.next_id.fetch_add(1, Ordering::Relaxed)
         );
-        let mut replies = self.add_route(inbox.clone(), None, 1);
-        if self.deliver(subject, Some(inbox), payload) == 0 {
+        let mut replies = self.add_route(inbox.clone(), None, 1, false);
+        if self.deliver(subject, Some(inbox), payload)? == 0 {
             return Err(RequestError::NoResponders);
         }
         match tokio::time::timeout(timeout, replies.receiver.recv()).await {
@@ -152,9 +195,9 @@ impl MemoryBus {
         }
     }
 
-    /// A notice each time some subscriber lost messages because it fell behind.
+    /// A notice each time a subscription of this handle lost messages because it fell behind.
     pub fn losses(&self) -> broadcast::Receiver<()> {
-        self.inner.losses.subscribe()
+        self.losses.subscribe()
     }
 
     fn add_route(
@@ -162,6 +205,7 @@ impl MemoryBus {
         subject: String,
         queue_group: Option<String>,
         capacity: usize,
+        report_losses: bool,
     ) -> MemorySubscription {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = mpsc::channel(capacity);
@@ -169,6 +213,7 @@ impl MemoryBus {
             id,
             queue_group,
             sender,
+            losses: report_losses.then(|| self.losses.clone()),
         };
         let mut routes = self.inner.write_routes();
         if is_wildcard(&subject) {
@@ -188,7 +233,18 @@ impl MemoryBus {
         }
     }
 
-    fn deliver(&self, subject: &str, reply: Option<String>, payload: Bytes) -> usize {
+    fn deliver(
+        &self,
+        subject: &str,
+        reply: Option<String>,
+        payload: Bytes,
+    ) -> Result<usize, PublishError> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(PublishError::TooLarge(payload.len()));
+        }
+        if subject.is_empty() || is_wildcard(subject) || subject.split('.').any(str::is_empty) {
+            return Err(PublishError::InvalidSubject(subject.to_owned()));
+        }
         let routes = self
             .inner
             .routes
@@ -221,11 +277,13 @@ impl MemoryBus {
         for route in &targets {
             if let Err(mpsc::error::TrySendError::Full(_)) = route.sender.try_send(message.clone())
             {
-                // Nobody listening for losses is fine: then nobody needs to know.
-                let _ = self.inner.losses.send(());
+                if let Some(losses) = &route.losses {
+                    // Nobody listening for losses is fine: then nobody needs to know.
+                    let _ = losses.send(());
+                }
             }
         }
-        targets.len()
+        Ok(targets.len())
     }
 }
 
@@ -319,7 +377,7 @@ mod tests {
         let mut second = bus.subscribe("t.*");
         let _other = bus.subscribe("t.2");
         for n in 0..3u8 {
-            assert_eq!(bus.publish("t.1", Bytes::from(vec![n])), 2);
+            assert_eq!(bus.publish("t.1", Bytes::from(vec![n])), Ok(2));
         }
         for subscription in [&mut first, &mut second] {
             for n in 0..3u8 {
@@ -338,7 +396,7 @@ mod tests {
         let mut a = bus.queue_subscribe("q.>", "workers");
         let mut b = bus.queue_subscribe("q.>", "workers");
         for _ in 0..100 {
-            assert_eq!(bus.publish("q.x", Bytes::new()), 1);
+            assert_eq!(bus.publish("q.x", Bytes::new()), Ok(1));
         }
         let mut received = 0;
         for subscription in [&mut a, &mut b] {
@@ -350,7 +408,46 @@ mod tests {
         }
         assert_eq!(received, 100);
         drop((a, b));
-        assert_eq!(bus.publish("q.x", Bytes::new()), 0);
+        assert_eq!(bus.publish("q.x", Bytes::new()), Ok(0));
+    }
+
+    #[test]
+    fn what_nats_refuses_to_publish_is_refused() {
+        let bus = MemoryBus::new();
+        for subject in ["", "a.*", "a.>", "a..b", ".a"] {
+            assert_eq!(
+                bus.publish(subject, Bytes::new()),
+                Err(PublishError::InvalidSubject(subject.into()))
+            );
+        }
+        let huge = Bytes::from(vec![0; MAX_PAYLOAD + 1]);
+        assert_eq!(
+            bus.publish("a", huge),
+            Err(PublishError::TooLarge(MAX_PAYLOAD + 1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_reply_is_dropped_without_a_loss_notice() {
+        let bus = MemoryBus::new();
+        let mut losses = bus.losses();
+        for _ in 0..2 {
+            let mut requests = bus.subscribe("svc");
+            let responder = bus.clone();
+            tokio::spawn(async move {
+                while let Some(request) = requests.next().await {
+                    if let Some(reply) = request.reply {
+                        let _ = responder.publish(&reply, Bytes::from_static(b"hi"));
+                    }
+                }
+            });
+        }
+        let reply = bus
+            .request("svc", Bytes::new(), Duration::from_secs(5))
+            .await;
+        assert_eq!(reply, Ok(Bytes::from_static(b"hi")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(losses.try_recv().is_err());
     }
 
     #[tokio::test]
@@ -366,7 +463,7 @@ mod tests {
         tokio::spawn(async move {
             while let Some(request) = requests.next().await {
                 if let Some(reply) = request.reply {
-                    responder.publish(&reply, Bytes::from(request.subject));
+                    let _ = responder.publish(&reply, Bytes::from(request.subject));
                 }
             }
         });
@@ -385,12 +482,17 @@ mod tests {
     #[tokio::test]
     async fn a_subscriber_that_falls_behind_loses_the_overflow_and_it_is_announced() {
         let bus = MemoryBus::new();
-        let mut losses = bus.losses();
+        let other = bus.connect();
+        let (mut losses, mut others_losses) = (bus.losses(), other.losses());
         let mut slow = bus.subscribe("s");
         for _ in 0..SUBSCRIPTION_CAPACITY + 5 {
-            bus.publish("s", Bytes::new());
+            other.publish("s", Bytes::new()).expect("published");
         }
         assert!(losses.try_recv().is_ok());
+        assert!(
+            others_losses.try_recv().is_err(),
+            "only the slow one's handle is told"
+        );
         let mut kept = 0;
         while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, slow.next()).await {
             kept += 1;

@@ -56,7 +56,7 @@ impl TestBroker {
     pub fn hub_broker(&self) -> Option<Arc<dyn Broker>> {
         match self {
             Self::Nats(_) => None,
-            Self::Memory(bus) => Some(Arc::new(MemoryBroker::new(bus.clone()))),
+            Self::Memory(bus) => Some(Arc::new(MemoryBroker::new(bus))),
         }
     }
 

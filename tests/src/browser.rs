@@ -12,8 +12,15 @@ use tokio::process::{Child, Command};
 
 use crate::{free_port, PATIENCE};
 
-/// Where Debian's `chromium` package puts the browser.
-const CHROMIUM: &str = "/usr/bin/chromium";
+/// The `chromium` on `PATH` (Debian's package puts it in `/usr/bin`).
+fn chromium() -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("chromium"))
+        .find(|path| path.is_file())
+        .expect("chromium on PATH (apt-get install chromium chromium-driver)")
+}
 
 /// A headless browser window; the browser and its driver end when this is dropped.
 pub struct Browser {
@@ -48,7 +55,7 @@ impl Browser {
         capabilities.insert(
             "goog:chromeOptions".into(),
             json!({
-                "binary": CHROMIUM,
+                "binary": chromium(),
                 "args": [
                     "--headless=new",
                     "--no-sandbox",

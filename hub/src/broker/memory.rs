@@ -20,9 +20,10 @@ pub struct MemoryBroker {
 }
 
 impl MemoryBroker {
-    /// The hub's side of `bus`. Must be called within a Tokio runtime: it forwards the bus's
-    /// lost-message notices on a task of its own.
-    pub fn new(bus: MemoryBus) -> Self {
+    /// The hub's side of `bus`, on a handle of its own (so only its own subscriptions' losses
+    /// reach it). Must be called within a Tokio runtime: it forwards those notices on a task.
+    pub fn new(bus: &MemoryBus) -> Self {
+        let bus = bus.connect();
         let (events, _) = broadcast::channel(64);
         let mut losses = bus.losses();
         let forward = events.clone();
@@ -58,6 +59,7 @@ impl Broker for MemoryBroker {
             .map_err(|error| match error {
                 RequestError::NoResponders => BrokerError::NoResponders,
                 RequestError::TimedOut => BrokerError::TimedOut,
+                RequestError::Publish(refused) => BrokerError::Unavailable(refused.to_string()),
             })
     }
 

@@ -16,7 +16,7 @@ use futures::stream::BoxStream;
 use tokio::sync::broadcast;
 
 pub use memory::MemoryBroker;
-pub use nats::NatsBroker;
+pub use nats::{server_list, NatsBroker};
 
 /// Payloads published on one subject, in order. Dropping the stream unsubscribes.
 pub type Subscription = BoxStream<'static, Bytes>;

@@ -59,10 +59,18 @@ impl NatsBroker {
                     }
                 }
             })
-            .connect(url)
+            .connect(server_list(url))
             .await?;
         Ok(Self { client, events })
     }
+}
+
+/// The servers of a comma-separated list (async-nats itself takes one URL per string).
+pub fn server_list(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
 }
 
 #[async_trait]

@@ -8,6 +8,8 @@
 const $ = (selector) => document.querySelector(selector);
 
 const PING_EVERY_MS = 30_000;
+const SILENT_LIMIT_MS = 2 * PING_EVERY_MS + 5_000; // no pong by then: the connection is dead
+const NOT_TASKS_LIMIT = 500; // lockers remembered as not tasks (follow mode skips them)
 const STABLE_AFTER_MS = 10_000; // a socket open this long resets its backoff
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 30_000;
@@ -110,29 +112,39 @@ class Channel {
     let [stableTimer, pingTimer] = [0, 0];
     const cleanup = () => { clearTimeout(stableTimer); clearInterval(pingTimer); };
     this.cleanup = cleanup;
+    let heardAt = Date.now();
     ws.onopen = () => {
       if (!live()) return;
       this.setState('open', 'live');
+      heardAt = Date.now();
       stableTimer = setTimeout(() => { this.attempt = 0; }, STABLE_AFTER_MS);
-      pingTimer = setInterval(() => ws.send('ping'), PING_EVERY_MS);
+      pingTimer = setInterval(() => {
+        // A network that drops silently (Wi-Fi, NAT) leaves the socket "open" for many minutes:
+        // when even the pongs stop, close it and reconnect rather than show a frozen view.
+        // The close handshake cannot finish on a dead network, so reconnect without waiting.
+        if (Date.now() - heardAt <= SILENT_LIMIT_MS) return ws.send('ping');
+        ws.onclose = null;
+        ws.close(4000, 'no reply to ping');
+        closed({ code: 4000 });
+      }, PING_EVERY_MS);
     };
     ws.onmessage = (event) => {
       if (!live()) return;
+      heardAt = Date.now();
       this.stateEl.title = `last message ${clock.format(new Date())}`;
       if (event.data === 'pong') return;
       let msg = null;
       try { msg = JSON.parse(event.data); } catch { return; } // not JSON: nothing to show
       if (!msg || typeof msg !== 'object' || msg.type === 'pong') return;
-      // The hub sends an error before closing with 1013, so only other messages prove that
-      // the connection works and reset the backoff.
-      if (msg.type !== 'error') this.attempt = 0;
+      // The backoff resets only once the socket has stayed open (STABLE_AFTER_MS): a hub that
+      // sends one message and then closes must not be retried in a tight loop.
       try {
         this.onMessage(msg);
       } catch (error) { // one bad message must not stop the page
         console.error('vwed monitor: could not handle message', msg.type, error);
       }
     };
-    ws.onclose = (event) => {
+    const closed = (event) => {
       cleanup();
       if (!live()) return;
       this.ws = null;
@@ -147,6 +159,7 @@ class Channel {
       this.setState('closed', `retry ${Math.max(1, Math.round(delay / 1000))}s`);
       this.retryTimer = setTimeout(() => { if (live()) this.connect(); }, delay);
     };
+    ws.onclose = closed;
   }
 }
 
@@ -457,8 +470,10 @@ function onTaskMessage(msg) {
     renderTaskLog(Array.isArray(msg.data) ? msg.data.filter((r) => r && typeof r === 'object') : []);
   } else if (msg.type === 'error') {
     showText('#task-error', msg.message || 'Error from the hub');
-    // An unknown task shows nothing: follow mode may move on at once, and not come back to it.
-    if ($('#task-log').children.length) return;
+    // An unknown task (the hub says "不存在", not found) shows nothing: follow mode may move on
+    // at once, and not come back to it. Other errors (owner unavailable) are passing.
+    if ($('#task-log').children.length || !String(msg.message ?? '').includes('不存在')) return;
+    if (notTasks.size >= NOT_TASKS_LIMIT) notTasks.clear();
     notTasks.add(view.task);
     taskView.endedAt ||= Date.now() - FOLLOW_AFTER_END_MS;
   }
