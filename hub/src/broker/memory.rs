@@ -71,3 +71,51 @@ impl Broker for MemoryBroker {
         self.events.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use vwed_publisher::memory::SUBSCRIPTION_CAPACITY;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_hub_hears_of_its_own_lost_messages_only() {
+        let bus = MemoryBus::new();
+        let broker = MemoryBroker::new(&bus);
+        let mut events = broker.events();
+        let publisher = bus.connect();
+
+        // Another client's stuck subscription is not the hub's concern.
+        let _elsewhere = bus.subscribe("other");
+        for _ in 0..=SUBSCRIPTION_CAPACITY {
+            publisher.publish("other", Bytes::new()).expect("published");
+        }
+        let _held = broker.subscribe("mine".into()).await.expect("subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(events.try_recv().is_err());
+
+        // Its own subscription falling behind means lost events: the hub must re-snapshot.
+        for _ in 0..=SUBSCRIPTION_CAPACITY {
+            publisher.publish("mine", Bytes::new()).expect("published");
+        }
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+        assert_eq!(
+            event.ok().and_then(Result::ok),
+            Some(BrokerEvent::MessagesLost)
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_map_to_the_hubs_errors() {
+        let bus = MemoryBus::new();
+        let broker = MemoryBroker::new(&bus);
+        let timeout = Duration::from_millis(20);
+        let answer = broker.request("nobody".into(), timeout).await;
+        assert!(matches!(answer, Err(BrokerError::NoResponders)));
+        let _silent = bus.subscribe("silent");
+        let answer = broker.request("silent".into(), timeout).await;
+        assert!(matches!(answer, Err(BrokerError::TimedOut)));
+        let answer = broker.request("a.*".into(), timeout).await;
+        assert!(matches!(answer, Err(BrokerError::Unavailable(_))));
+    }
+}
