@@ -4,7 +4,21 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Upper bounds (seconds) of the snapshot latency buckets: from a same-host reply to the
+/// default 2 s timeout and beyond.
+const SNAPSHOT_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Labels naming a key kind.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindOnly {
+    /// `task` or `scene`.
+    pub kind: &'static str,
+}
 
 /// Labels naming an endpoint (`task-execution`, `storage-location-broadcast`, ...).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,6 +53,8 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     /// Snapshot requests by kind and outcome.
     pub snapshot_requests: Family<KindLabels, Counter>,
+    /// How long owners take to answer (or to time out), by kind: the wait a new client sees.
+    pub snapshot_duration: Family<KindOnly, Histogram, fn() -> Histogram>,
     /// Events and replies refused by kind and cause.
     pub events_rejected: Family<KindLabels, Counter>,
     /// Events that arrived with a rev the view already had.
@@ -59,6 +75,9 @@ impl Default for Metrics {
             slow_clients_closed: Counter::default(),
             subscriptions: Gauge::default(),
             snapshot_requests: Family::default(),
+            snapshot_duration: Family::new_with_constructor(|| {
+                Histogram::new(SNAPSHOT_BUCKETS.into_iter())
+            }),
             events_rejected: Family::default(),
             events_stale: Counter::default(),
             broker_connected: Gauge::default(),
@@ -94,6 +113,12 @@ impl Default for Metrics {
             "snapshot_requests",
             "Snapshot requests by outcome",
             metrics.snapshot_requests.clone(),
+        );
+        registry.register_with_unit(
+            "snapshot_duration",
+            "Time from a snapshot request to its reply, no-responders answer or timeout",
+            Unit::Seconds,
+            metrics.snapshot_duration.clone(),
         );
         registry.register(
             "events_rejected",
@@ -136,6 +161,13 @@ impl Metrics {
         self.snapshot_requests
             .get_or_create(&KindLabels { kind, reason })
             .inc();
+    }
+
+    /// Records how long one snapshot request took.
+    pub fn snapshot_took(&self, kind: &'static str, duration: std::time::Duration) {
+        self.snapshot_duration
+            .get_or_create(&KindOnly { kind })
+            .observe(duration.as_secs_f64());
     }
 
     /// Counts a refused event or reply.

@@ -246,10 +246,20 @@ async fn probes_and_metrics(kind: BrokerKind) {
         1.0
     );
     assert_eq!(hub.metric("vwed_hub_broker_connected").await, 1.0);
+    assert_eq!(
+        hub.metric(r#"vwed_hub_snapshot_duration_seconds_count{kind="scene"}"#)
+            .await,
+        1.0,
+        "the connect took one snapshot, and its time was measured"
+    );
     let (status, body) = http_get(hub.addr(), "/metrics").await;
     assert_eq!(status, 200);
     assert!(
         body.contains("# TYPE vwed_hub_messages_delivered counter"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE vwed_hub_snapshot_duration_seconds histogram"),
         "{body}"
     );
     assert!(body.trim_end().ends_with("# EOF"));

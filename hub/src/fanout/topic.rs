@@ -724,11 +724,15 @@ impl<V: View> Topic<V> {
             }
         }
         let broker = context.broker.clone();
+        let metrics = context.metrics.clone();
         let subject = view::snapshot_subject(V::KIND, &context.subjects, &self.id);
         let timeout = context.snapshot_timeout;
-        loading.request = Some(Box::pin(
-            async move { broker.request(subject, timeout).await },
-        ));
+        loading.request = Some(Box::pin(async move {
+            let started = std::time::Instant::now();
+            let reply = broker.request(subject, timeout).await;
+            metrics.snapshot_took(V::KIND.label(), started.elapsed());
+            reply
+        }));
     }
 
     fn reject(&mut self, cause: &'static str, detail: &dyn std::fmt::Display) {
