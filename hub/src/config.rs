@@ -65,9 +65,23 @@ pub struct Config {
     #[arg(long, env = "VWED_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 
+    /// How log lines are written to stderr: `text` for people, `json` (one object per line) for
+    /// log collectors. Each connection logs one line when it opens and one when it closes.
+    #[arg(long, env = "VWED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// On SIGTERM/SIGINT, how long closing clients (with 1001) may take before the hub exits.
     #[arg(long, env = "VWED_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with every field.
+    Json,
 }
 
 impl Config {
@@ -110,6 +124,7 @@ mod tests {
         assert_eq!(config.listen, "0.0.0.0:8000".parse().unwrap());
         assert_eq!(config.nats_url, None);
         assert!(!config.demo);
+        assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.subject_prefix, "vwed");
         assert_eq!(config.ping_interval, Duration::from_secs(20));
     }

@@ -128,10 +128,13 @@ impl Hub {
         let drain = config.shutdown_timeout;
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .context("server failed")?;
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .context("server failed")?;
             connections.close();
             if tokio::time::timeout(drain, connections.wait())
                 .await

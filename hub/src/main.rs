@@ -1,16 +1,20 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use vwed_hub::config::LogFormat;
 use vwed_hub::{Hub, HubConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = HubConfig::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let hub = Hub::start(config).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: closing clients with 1001");

@@ -75,9 +75,7 @@ impl Default for Metrics {
             slow_clients_closed: Counter::default(),
             subscriptions: Gauge::default(),
             snapshot_requests: Family::default(),
-            snapshot_duration: Family::new_with_constructor(|| {
-                Histogram::new(SNAPSHOT_BUCKETS.into_iter())
-            }),
+            snapshot_duration: Family::new_with_constructor(|| Histogram::new(SNAPSHOT_BUCKETS)),
             events_rejected: Family::default(),
             events_stale: Counter::default(),
             broker_connected: Gauge::default(),

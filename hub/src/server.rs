@@ -1,9 +1,10 @@
 //! HTTP routes: the four WebSocket endpoints under `/ws`, the monitoring page, and the probes.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
 
 async fn websocket(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -94,10 +96,17 @@ async fn websocket(
         tracker.track_future(async move {
             match watch {
                 Ok(watch) => {
-                    connection::serve(socket, watch, state.fanout, state.settings, state.shutdown)
-                        .await;
+                    connection::serve(
+                        socket,
+                        watch,
+                        state.fanout,
+                        state.settings,
+                        state.shutdown,
+                        peer,
+                    )
+                    .await;
                 }
-                Err(invalid) => connection::reject(socket, endpoint, &raw_id, invalid).await,
+                Err(invalid) => connection::reject(socket, endpoint, &raw_id, invalid, peer).await,
             }
         })
     })

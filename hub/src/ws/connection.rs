@@ -2,6 +2,7 @@
 //! answers the client's messages, keeps the connection alive with Ping frames, and leaves when
 //! anything ends it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,9 +66,10 @@ pub async fn reject(
     endpoint: Endpoint,
     raw_id: &str,
     invalid: InvalidRequest,
+    peer: SocketAddr,
 ) {
     let envelope = Envelope::new(endpoint.kind(), &lossy_id(raw_id));
-    tracing::info!(endpoint = endpoint.segment(), error = %invalid, "rejected connection");
+    tracing::info!(endpoint = endpoint.segment(), %peer, error = %invalid, close_code = close::POLICY, "connection rejected");
     let error = envelope.error(&invalid.to_string());
     let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(error))).await;
     close_socket(socket, close::POLICY, "invalid parameters", CLOSE_GRACE).await;
@@ -90,11 +92,13 @@ pub async fn serve(
     fanout: Arc<FanOut>,
     settings: ConnectionSettings,
     shutdown: CancellationToken,
+    peer: SocketAddr,
 ) {
     let metrics = fanout.context.metrics.clone();
     let envelope = Envelope::new(watch.endpoint.kind(), &watch.id);
+    let endpoint = watch.endpoint.segment();
     if !fanout.context.broker.is_connected() {
-        tracing::info!(endpoint = watch.endpoint.segment(), id = %watch.id, "broker unavailable; asking the client to retry");
+        tracing::info!(endpoint, key = %watch.id, %peer, close_code = close::TRY_AGAIN_LATER, "connection refused: broker unavailable");
         let text = envelope.error("服务暂时不可用: 消息总线未连接,请稍后重试");
         let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(text))).await;
         close_socket(
@@ -117,7 +121,7 @@ pub async fn serve(
         .clone();
     gauge.inc();
     let started = Instant::now();
-    tracing::debug!(endpoint = watch.endpoint.segment(), id = %watch.id, "connected");
+    tracing::info!(endpoint, key = %watch.id, %peer, "connection opened");
 
     let mut connection = Connection {
         socket,
@@ -127,6 +131,7 @@ pub async fn serve(
         settings,
         metrics: metrics.clone(),
         shutdown,
+        client_close: None,
     };
     let ending = connection.run().await;
     let Connection {
@@ -134,25 +139,29 @@ pub async fn serve(
         membership,
         inbox,
         settings,
+        client_close,
         ..
     } = connection;
     // Leave and free the queue before the (bounded) wait for the closing handshake.
     drop(membership);
     drop(inbox);
     gauge.dec();
-    let code = match ending {
-        Ending::Close(code, reason) => {
+    let (code, closed_by) = match (ending, client_close) {
+        (Ending::Close(code, reason), _) => {
             close_socket(socket, code, reason, settings.write_timeout).await;
-            Some(code)
+            (Some(code), "hub")
         }
-        Ending::Gone => None,
+        (Ending::Gone, Some(code)) => (Some(code), "client"),
+        (Ending::Gone, None) => (None, "network"),
     };
-    tracing::debug!(
-        endpoint = watch.endpoint.segment(),
-        id = %watch.id,
+    tracing::info!(
+        endpoint,
+        key = %watch.id,
+        %peer,
         duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         close_code = code,
-        "disconnected"
+        closed_by,
+        "connection closed"
     );
 }
 
@@ -208,6 +217,9 @@ struct Connection {
     metrics: Arc<Metrics>,
     /// Cancelled when the hub drains.
     shutdown: CancellationToken,
+    /// The code of the client's close frame (1005 when it gave none), so the closing log line
+    /// can tell a client that left from a network that failed.
+    client_close: Option<u16>,
 }
 
 impl Connection {
@@ -265,7 +277,10 @@ impl Connection {
             // tungstenite answers Pings itself; a Pong is just a sign of life.
             Message::Ping(_) | Message::Pong(_) => None,
             // tungstenite queues the close reply; the next read completes the handshake.
-            Message::Close(_) => return self.socket.flush().await.map_err(|_| Ending::Gone),
+            Message::Close(frame) => {
+                self.client_close = Some(frame.map_or(1005, |frame| frame.code));
+                return self.socket.flush().await.map_err(|_| Ending::Gone);
+            }
         };
         match reply {
             Some(frame) => self.write(Message::Text(frame)).await,
