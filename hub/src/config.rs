@@ -70,6 +70,12 @@ pub struct Config {
     #[arg(long, env = "VWED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// On SIGTERM/SIGINT, close clients (with 1001) at random moments spread over this window
+    /// rather than all at once, so that behind a load balancer they reconnect to the other
+    /// replicas gradually. Keep it below --shutdown-timeout; 0s closes all at once.
+    #[arg(long, env = "VWED_DRAIN_SPREAD", default_value = "0s", value_parser = parse_duration_or_zero)]
+    pub drain_spread: Duration,
+
     /// On SIGTERM/SIGINT, how long closing clients (with 1001) may take before the hub exits.
     #[arg(long, env = "VWED_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -105,9 +111,12 @@ fn parse_nats_url(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (try e.g. 20s, 500ms, 1m)"))
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration =
-        humantime::parse_duration(text).map_err(|e| format!("{e} (try e.g. 20s, 500ms, 1m)"))?;
+    let duration = parse_duration_or_zero(text)?;
     if duration.is_zero() {
         return Err("must be more than zero".into());
     }

@@ -16,6 +16,7 @@ pub mod fanout;
 pub mod messages;
 pub mod metrics;
 pub mod page;
+pub mod process;
 pub mod server;
 pub mod view;
 pub mod ws;
@@ -120,12 +121,21 @@ impl Hub {
                 ping_interval: config.ping_interval,
                 queue_capacity: config.client_queue,
                 write_timeout: config.write_timeout,
+                drain_spread: config.drain_spread,
             },
             shutdown: shutdown.clone(),
             connections: connections.clone(),
         };
         let app = server::router(state);
         let drain = config.shutdown_timeout;
+        if config.drain_spread >= drain {
+            tracing::warn!(
+                spread = ?config.drain_spread,
+                limit = ?drain,
+                "--drain-spread is not below --shutdown-timeout: on shutdown, clients the spread \
+                 places late are cut off without a close frame"
+            );
+        }
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
             axum::serve(

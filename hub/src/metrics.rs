@@ -51,6 +51,9 @@ pub struct Metrics {
     pub slow_clients_closed: Counter,
     /// Keys the hub holds a broker subscription for.
     pub subscriptions: Gauge,
+    /// Event messages received from the broker, by kind: with subscriptions only for watched
+    /// keys, this grows with what the hub's own clients watch, not with all that is published.
+    pub broker_messages: Family<KindOnly, Counter>,
     /// Snapshot requests by kind and outcome.
     pub snapshot_requests: Family<KindLabels, Counter>,
     /// How long owners take to answer (or to time out), by kind: the wait a new client sees.
@@ -74,6 +77,7 @@ impl Default for Metrics {
             messages_dropped: Counter::default(),
             slow_clients_closed: Counter::default(),
             subscriptions: Gauge::default(),
+            broker_messages: Family::default(),
             snapshot_requests: Family::default(),
             snapshot_duration: Family::new_with_constructor(|| Histogram::new(SNAPSHOT_BUCKETS)),
             events_rejected: Family::default(),
@@ -106,6 +110,11 @@ impl Default for Metrics {
             "broker_subscriptions",
             "Keys with a broker subscription",
             metrics.subscriptions.clone(),
+        );
+        registry.register(
+            "broker_messages_received",
+            "Event messages received from the broker",
+            metrics.broker_messages.clone(),
         );
         registry.register(
             "snapshot_requests",
@@ -159,6 +168,11 @@ impl Metrics {
         self.snapshot_requests
             .get_or_create(&KindLabels { kind, reason })
             .inc();
+    }
+
+    /// Counts one event message received from the broker.
+    pub fn broker_message(&self, kind: &'static str) {
+        self.broker_messages.get_or_create(&KindOnly { kind }).inc();
     }
 
     /// Records how long one snapshot request took.

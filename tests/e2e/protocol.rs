@@ -236,7 +236,7 @@ async fn plain_http_and_unknown_paths(kind: BrokerKind) {
 }
 
 async fn probes_and_metrics(kind: BrokerKind) {
-    let (_broker, _owner, hub) = start(kind).await;
+    let (_broker, owner, hub) = start(kind).await;
     assert_eq!(http_get(hub.addr(), "/healthz").await, (200, "ok".into()));
     assert_eq!(http_get(hub.addr(), "/readyz").await.0, 200);
     let _client = connect_settled(&hub, ENDPOINTS[2]).await;
@@ -261,6 +261,26 @@ async fn probes_and_metrics(kind: BrokerKind) {
     assert!(
         body.contains("# TYPE vwed_hub_snapshot_duration_seconds histogram"),
         "{body}"
+    );
+
+    // Events for the watched key are counted as received; events for a key nobody here
+    // watches never reach the hub.
+    owner
+        .upsert("s-2", vec![location("s-2", "l-1", "A1", "S1", 1)])
+        .await;
+    owner
+        .upsert("s-1", vec![location("s-1", "l-2", "A1", "S1", 2)])
+        .await;
+    let received = r#"vwed_hub_broker_messages_received_total{kind="scene"}"#;
+    vwed_e2e::eventually("the hub counts the watched key's event", || async {
+        hub.metric(received).await >= 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        hub.metric(received).await,
+        1.0,
+        "only the watched key's event"
     );
     assert!(body.trim_end().ends_with("# EOF"));
 }
@@ -312,6 +332,31 @@ async fn shutdown_closes_every_client_with_1001(kind: BrokerKind) {
     }
 }
 
+async fn a_drain_spread_closes_clients_a_few_at_a_time(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
+    owner.seed_task("t-d", vec![]).await;
+    let mut hub = TestHub::start_with(&broker, |c| {
+        c.drain_spread = Duration::from_secs(2);
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        clients.push(connect_settled(&hub, "/ws/task-execution/t-d").await);
+    }
+    let started = tokio::time::Instant::now();
+    let closes = futures::future::join_all(clients.iter_mut().map(|client| async {
+        let code = client.close_code().await;
+        (code, started.elapsed())
+    }));
+    let ((), closes) = tokio::join!(hub.shutdown(), closes);
+    assert!(closes.iter().all(|(code, _)| *code == 1001), "{closes:?}");
+    let first = closes.iter().map(|(_, at)| *at).min().unwrap_or_default();
+    let last = closes.iter().map(|(_, at)| *at).max().unwrap_or_default();
+    // 16 moments drawn over 2 s: all within 0.5 s of each other is a chance of about 1e-8.
+    assert!(last - first >= Duration::from_millis(500), "{closes:?}");
+}
+
 async fn a_flood_of_get_status_costs_the_hub_little_and_others_nothing(kind: BrokerKind) {
     let (_broker, _owner, hub) = start(kind).await;
     let mut other = connect_settled(&hub, ENDPOINTS[2]).await;
@@ -347,5 +392,6 @@ on_both_brokers!(
     probes_and_metrics,
     silent_connections_are_dropped_and_their_resources_freed,
     shutdown_closes_every_client_with_1001,
+    a_drain_spread_closes_clients_a_few_at_a_time,
     a_flood_of_get_status_costs_the_hub_little_and_others_nothing,
 );

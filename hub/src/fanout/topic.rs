@@ -266,7 +266,10 @@ impl<V: View> Topic<V> {
                     }
                 }
                 payload = next_event(&mut self.events) => match payload {
-                    Some(payload) => self.on_event(&payload),
+                    Some(payload) => {
+                        self.context.metrics.broker_message(kind);
+                        self.on_event(&payload);
+                    }
                     None => {
                         tracing::warn!(kind, id = %self.id, "subscription ended; resubscribing");
                         self.events = None;

@@ -50,6 +50,9 @@ pub struct ConnectionSettings {
     pub queue_capacity: usize,
     /// How long one write may block before the client counts as gone.
     pub write_timeout: Duration,
+    /// On shutdown, each connection closes at a random moment within this window, so that its
+    /// clients reconnect to other replicas a few at a time rather than all at once.
+    pub drain_spread: Duration,
 }
 
 /// Why the connection loop ended.
@@ -165,6 +168,14 @@ pub async fn serve(
     );
 }
 
+/// Sleeps until `deadline`, or for ever when there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Something the connection can ask its topic for, whatever the key's kind.
 trait Watching: Send {
     fn request_status(&self);
@@ -229,9 +240,15 @@ impl Connection {
         let period = self.settings.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + period, period);
         let mut last_heard = Instant::now();
+        // Set when the drain begins: the moment this connection closes.
+        let mut closing_at: Option<Instant> = None;
         loop {
             let step = tokio::select! {
-                () = shutdown.cancelled() => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
+                () = shutdown.cancelled(), if closing_at.is_none() => {
+                    closing_at = Some(Instant::now() + self.settings.drain_spread.mul_f64(fastrand::f64()));
+                    Ok(())
+                }
+                () = sleep_until_some(closing_at) => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
                 () = too_slow.cancelled() => Err(Ending::Close(close::TRY_AGAIN_LATER, "client too slow")),
                 frame = self.inbox.next() => match frame {
                     Some(frame) => self.write_batch(frame).await,
