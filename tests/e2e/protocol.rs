@@ -342,19 +342,69 @@ async fn a_drain_spread_closes_clients_a_few_at_a_time(kind: BrokerKind) {
     .await;
     let mut clients = Vec::new();
     for _ in 0..16 {
-        clients.push(connect_settled(&hub, "/ws/task-execution/t-d").await);
+        clients.push(connect_settled(&hub, "/ws/task-execution-broadcast/t-d").await);
     }
+    hub.wait_for_subscriptions(1).await;
+    // Events keep flowing through the drain, so every connection is busy writing: each must
+    // still close at its own moment, and be served until then.
+    let publishing = std::sync::atomic::AtomicBool::new(true);
+    let publisher = async {
+        let mut n = 0;
+        while publishing.load(std::sync::atomic::Ordering::Relaxed) {
+            owner
+                .append("t-d", &format!("[drain] {n}"), TaskStatus::Running)
+                .await;
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     let started = tokio::time::Instant::now();
     let closes = futures::future::join_all(clients.iter_mut().map(|client| async {
-        let code = client.close_code().await;
-        (code, started.elapsed())
+        let mut served = 0;
+        loop {
+            match client.next().await {
+                Received::Json(_) => served += 1,
+                Received::Close(close) => {
+                    return (close.map(|(code, _)| code), started.elapsed(), served)
+                }
+                other => panic!("expected events then a close, got {other:?}"),
+            }
+        }
     }));
-    let ((), closes) = tokio::join!(hub.shutdown(), closes);
-    assert!(closes.iter().all(|(code, _)| *code == 1001), "{closes:?}");
-    let first = closes.iter().map(|(_, at)| *at).min().unwrap_or_default();
-    let last = closes.iter().map(|(_, at)| *at).max().unwrap_or_default();
+    let draining = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        hub.shutdown().await;
+        publishing.store(false, std::sync::atomic::Ordering::Relaxed);
+    };
+    let ((), (), closes) = tokio::join!(publisher, draining, closes);
+    assert!(
+        closes.iter().all(|(code, ..)| *code == Some(1001)),
+        "{closes:?}"
+    );
+    let first = closes
+        .iter()
+        .map(|(_, at, _)| *at)
+        .min()
+        .unwrap_or_default();
+    let last = closes
+        .iter()
+        .map(|(_, at, _)| *at)
+        .max()
+        .unwrap_or_default();
     // 16 moments drawn over 2 s: all within 0.5 s of each other is a chance of about 1e-8.
     assert!(last - first >= Duration::from_millis(500), "{closes:?}");
+    let served_longest = closes
+        .iter()
+        .max_by_key(|(_, at, _)| *at)
+        .map(|(.., served)| *served);
+    let served_shortest = closes
+        .iter()
+        .min_by_key(|(_, at, _)| *at)
+        .map(|(.., served)| *served);
+    assert!(
+        served_longest > served_shortest,
+        "the last to close got events until then: {closes:?}"
+    );
 }
 
 async fn a_flood_of_get_status_costs_the_hub_little_and_others_nothing(kind: BrokerKind) {

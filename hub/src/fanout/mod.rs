@@ -28,6 +28,9 @@ pub struct FanOut {
     pub scenes: Registry<SceneView>,
     /// Broker, subjects, settings and metrics.
     pub context: Arc<TopicContext>,
+    /// Whether the broker connection has dropped since the hub started: only a connection
+    /// after a drop counts as a reconnect (the first one is just the start).
+    dropped_once: std::sync::atomic::AtomicBool,
 }
 
 impl FanOut {
@@ -36,6 +39,7 @@ impl FanOut {
         Self {
             tasks: Registry::new(context.clone()),
             scenes: Registry::new(context.clone()),
+            dropped_once: std::sync::atomic::AtomicBool::new(false),
             context,
         }
     }
@@ -80,12 +84,16 @@ impl FanOut {
         match event {
             BrokerEvent::Connected => {
                 metrics.broker_connected.set(1);
-                metrics.broker_reconnects.inc();
+                if self.dropped_once.load(std::sync::atomic::Ordering::Relaxed) {
+                    metrics.broker_reconnects.inc();
+                }
                 tracing::info!("broker connected");
                 true
             }
             BrokerEvent::Disconnected => {
                 metrics.broker_connected.set(0);
+                self.dropped_once
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!("broker disconnected; clients stay connected while it reconnects");
                 false
             }

@@ -126,6 +126,7 @@ pub async fn serve(
     let started = Instant::now();
     tracing::info!(endpoint, key = %watch.id, %peer, "connection opened");
 
+    let drain = Drain::new(shutdown, settings.drain_spread);
     let mut connection = Connection {
         socket,
         inbox,
@@ -133,7 +134,7 @@ pub async fn serve(
         envelope,
         settings,
         metrics: metrics.clone(),
-        shutdown,
+        drain,
         client_close: None,
     };
     let ending = connection.run().await;
@@ -168,11 +169,43 @@ pub async fn serve(
     );
 }
 
-/// Sleeps until `deadline`, or for ever when there is none.
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// When a connection closes as the hub drains: at a moment of its own within the drain spread,
+/// so that clients reconnect elsewhere a few at a time. Every wait (the loop, a write in
+/// progress) asks the same moment, so traffic cannot hurry or postpone it.
+struct Drain {
+    /// Cancelled when the hub begins to drain.
+    shutdown: CancellationToken,
+    /// This connection's place in the spread, drawn once when it opens.
+    delay: Duration,
+    /// The moment to close, fixed once the drain has begun.
+    at: Option<Instant>,
+}
+
+impl Drain {
+    fn new(shutdown: CancellationToken, spread: Duration) -> Self {
+        Self {
+            shutdown,
+            delay: spread.mul_f64(fastrand::f64()),
+            at: None,
+        }
+    }
+
+    /// Fixes the closing moment once the drain has begun.
+    fn note(&mut self) {
+        if self.at.is_none() && self.shutdown.is_cancelled() {
+            self.at = Some(Instant::now() + self.delay);
+        }
+    }
+
+    /// Resolves at the closing moment.
+    async fn reached(&self) {
+        match self.at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => {
+                self.shutdown.cancelled().await;
+                tokio::time::sleep(self.delay).await;
+            }
+        }
     }
 }
 
@@ -226,8 +259,8 @@ struct Connection {
     settings: ConnectionSettings,
     /// Counts what the connection sees.
     metrics: Arc<Metrics>,
-    /// Cancelled when the hub drains.
-    shutdown: CancellationToken,
+    /// When to close once the hub drains.
+    drain: Drain,
     /// The code of the client's close frame (1005 when it gave none), so the closing log line
     /// can tell a client that left from a network that failed.
     client_close: Option<u16>,
@@ -235,20 +268,14 @@ struct Connection {
 
 impl Connection {
     async fn run(&mut self) -> Ending {
-        let shutdown = self.shutdown.clone();
         let too_slow = self.inbox.too_slow.clone();
         let period = self.settings.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + period, period);
         let mut last_heard = Instant::now();
-        // Set when the drain begins: the moment this connection closes.
-        let mut closing_at: Option<Instant> = None;
         loop {
+            self.drain.note();
             let step = tokio::select! {
-                () = shutdown.cancelled(), if closing_at.is_none() => {
-                    closing_at = Some(Instant::now() + self.settings.drain_spread.mul_f64(fastrand::f64()));
-                    Ok(())
-                }
-                () = sleep_until_some(closing_at) => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
+                () = self.drain.reached() => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
                 () = too_slow.cancelled() => Err(Ending::Close(close::TRY_AGAIN_LATER, "client too slow")),
                 frame = self.inbox.next() => match frame {
                     Some(frame) => self.write_batch(frame).await,
@@ -312,7 +339,7 @@ impl Connection {
             inbox,
             settings,
             metrics,
-            shutdown,
+            drain,
             ..
         } = self;
         let too_slow = inbox.too_slow.clone();
@@ -329,7 +356,7 @@ impl Connection {
             }
             socket.flush().await
         };
-        guarded(write, settings, metrics, shutdown, &too_slow).await
+        guarded(write, settings, metrics, drain, &too_slow).await
     }
 
     async fn write(&mut self, message: Message) -> Result<(), Ending> {
@@ -338,21 +365,21 @@ impl Connection {
             write,
             &self.settings,
             &self.metrics,
-            &self.shutdown,
+            &self.drain,
             &self.inbox.too_slow,
         )
         .await
     }
 }
 
-/// Runs a socket write, bounded by the write timeout, and abandons it when the hub drains or
-/// gives up on the client: tungstenite keeps whole frames in its buffer, so the close frame that
+/// Runs a socket write, bounded by the write timeout, and abandons it when the connection's
+/// moment in the drain comes or the hub gives up on the client: tungstenite keeps whole frames in its buffer, so the close frame that
 /// follows still goes out intact if the client ever reads again.
 async fn guarded(
     write: impl std::future::Future<Output = Result<(), axum::Error>>,
     settings: &ConnectionSettings,
     metrics: &Metrics,
-    shutdown: &CancellationToken,
+    drain: &Drain,
     too_slow: &CancellationToken,
 ) -> Result<(), Ending> {
     tokio::select! {
@@ -365,7 +392,7 @@ async fn guarded(
                 Err(Ending::Gone)
             }
         },
-        () = shutdown.cancelled() => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
+        () = drain.reached() => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
         () = too_slow.cancelled() => Err(Ending::Close(close::TRY_AGAIN_LATER, "client too slow")),
     }
 }
@@ -375,6 +402,10 @@ fn read_error(error: axum::Error) -> Ending {
     let inner = error.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => Ending::Close(close::TOO_BIG, "message too big"),
+        // A peer that vanished (killed, network gone) is no protocol error of the client's.
+        Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => Ending::Gone,
         Some(tungstenite::Error::Protocol(_)) => Ending::Close(1002, "protocol error"),
         _ => Ending::Gone,
     }
