@@ -96,13 +96,18 @@ async fn the_demo_hub_logs_each_connection_as_json_and_stops_on_sigterm() {
 
     // A client that vanishes without a close frame is the network's doing, not the hub's.
     let url = format!("ws://{addr}/ws/task-execution-broadcast/gone");
-    let (vanishing, _) = tokio_tungstenite::connect_async(url).await.expect("connects");
+    let (vanishing, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connects");
     log_line(&mut lines, "connection opened").await;
     drop(vanishing);
     let vanished = log_line(&mut lines, "connection closed").await;
     assert_eq!(vanished["key"], "gone");
     assert_eq!(vanished["closed_by"], "network", "{vanished}");
-    assert!(vanished.get("close_code").is_none_or(Value::is_null), "{vanished}");
+    assert!(
+        vanished.get("close_code").is_none_or(Value::is_null),
+        "{vanished}"
+    );
 
     let pid = hub.id().expect("a pid").to_string();
     let sent = Command::new("kill").args(["-TERM", &pid]).status().await;
