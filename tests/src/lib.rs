@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod browser;
 pub mod client;
+pub mod cluster;
 pub mod nats;
 pub mod owner;
 
@@ -21,6 +22,7 @@ use vwed_hub::{Hub, HubConfig};
 
 pub use broker::{BrokerKind, TestBroker};
 pub use client::{Client, Received};
+pub use cluster::{Backoff, Ending, Endpoint, HubProcess, NatsCluster, Panel, Panelled, Traffic};
 pub use nats::Nats;
 pub use owner::{location, Owner};
 

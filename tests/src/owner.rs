@@ -44,6 +44,19 @@ impl Owner {
         owner
     }
 
+    /// Publishes on `publisher` (e.g. one connected to a chosen node of a NATS cluster) and
+    /// answers snapshots on it.
+    pub async fn on(publisher: Publisher) -> Self {
+        let mut owner = Self {
+            publisher,
+            state: Arc::default(),
+            behaviour: Arc::default(),
+            responders: Vec::new(),
+        };
+        owner.answer_snapshots().await;
+        owner
+    }
+
     /// Connects to `broker` but does not answer snapshots (yet).
     pub async fn start_silent(broker: &TestBroker) -> Self {
         Self {
