@@ -170,9 +170,12 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one event message received from the broker.
-    pub fn broker_message(&self, kind: &'static str) {
-        self.broker_messages.get_or_create(&KindOnly { kind }).inc();
+    /// The counter of event messages received from the broker for `kind`; a handle to keep,
+    /// so that counting an event costs no lookup.
+    pub fn broker_messages_counter(&self, kind: &'static str) -> Counter {
+        self.broker_messages
+            .get_or_create(&KindOnly { kind })
+            .clone()
     }
 
     /// Records how long one snapshot request took.

@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, Instant, Sleep};
 use tokio_util::time::{delay_queue, DelayQueue};
@@ -92,6 +93,8 @@ pub struct Topic<V: View> {
     ticks: DelayQueue<GroupKey<V::Filter>>,
     /// Causes already logged at warn level, so a broken publisher cannot flood the log.
     warned: HashSet<&'static str>,
+    /// The counter of broker messages for this key's kind, looked up once rather than per event.
+    received: Counter,
 }
 
 /// Where the view stands with the owner.
@@ -231,6 +234,7 @@ impl<V: View> Topic<V> {
         departure: Departure<V::Filter>,
         commands: mpsc::UnboundedReceiver<Command<V::Filter>>,
     ) -> Self {
+        let received = context.metrics.broker_messages_counter(V::KIND.label());
         Self {
             envelope: Envelope::new(V::KIND, &id),
             id,
@@ -249,6 +253,7 @@ impl<V: View> Topic<V> {
             renders: HashMap::new(),
             ticks: DelayQueue::new(),
             warned: HashSet::new(),
+            received,
         }
     }
 
@@ -267,7 +272,7 @@ impl<V: View> Topic<V> {
                 }
                 payload = next_event(&mut self.events) => match payload {
                     Some(payload) => {
-                        self.context.metrics.broker_message(kind);
+                        self.received.inc();
                         self.on_event(&payload);
                     }
                     None => {
