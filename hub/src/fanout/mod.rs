@@ -1,6 +1,6 @@
 //! Fan-out: from broker events to the connections that watch each key.
 //!
-//! [`Registry`] maps keys to [`topic`] tasks; each topic owns its key's view and its members'
+//! [`Registry`] maps keys to `topic` tasks; each topic owns its key's view and its members'
 //! queues. Connections see only [`Registry::join`], [`Membership`] and their [`Inbox`].
 
 mod member;
