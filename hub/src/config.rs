@@ -65,6 +65,26 @@ pub struct Config {
     #[arg(long, env = "VWED_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 
+    /// Open connections allowed in all; past it new clients get an `error` and close 1013.
+    /// 0: no limit (the process's file-descriptor limit still applies).
+    #[arg(long, env = "VWED_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Open connections allowed per client address; past it, an `error` and close 1013.
+    /// 0: no limit. Behind a proxy, set --trusted-proxies or every client counts as the proxy.
+    #[arg(long, env = "VWED_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Proxies (addresses or CIDR networks, comma-separated) whose X-Forwarded-For names the
+    /// client; anyone else's is ignored.
+    #[arg(long, env = "VWED_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Browser origins allowed to connect (comma-separated, e.g. https://panel.example.com);
+    /// others get 403. Unset: all. Clients that send no Origin (services) are always allowed.
+    #[arg(long, env = "VWED_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// How log lines are written to stderr: `text` for people, `json` (one object per line) for
     /// log collectors. Each connection logs one line when it opens and one when it closes.
     #[arg(long, env = "VWED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -98,6 +118,13 @@ impl Config {
         config.listen = listen;
         config
     }
+}
+
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is no address or network (e.g. 10.0.0.1 or 10.0.0.0/8)"))
 }
 
 fn parse_nats_url(text: &str) -> Result<String, String> {
@@ -142,6 +169,13 @@ mod tests {
     fn an_empty_nats_url_is_a_mistake_not_the_embedded_broker() {
         assert!(Config::try_parse_from(["vwed-hub", "--nats-url", ""]).is_err());
         assert!(Config::try_parse_from(["vwed-hub", "--nats-url", " "]).is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let config = Config::parse_from(["vwed-hub", "--trusted-proxies", "10.0.0.0/8, 192.0.2.7"]);
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert!(Config::try_parse_from(["vwed-hub", "--trusted-proxies", "proxy"]).is_err());
     }
 
     #[test]

@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::fanout::{FanOut, TopicContext};
 use crate::metrics::Metrics;
 use crate::server::AppState;
+use crate::ws::admission::{Admission, AdmissionRules};
 use crate::ws::ConnectionSettings;
 
 pub use config::Config as HubConfig;
@@ -125,6 +126,12 @@ impl Hub {
             },
             shutdown: shutdown.clone(),
             connections: connections.clone(),
+            admission: Arc::new(Admission::new(AdmissionRules {
+                allowed_origins: config.allowed_origins.clone(),
+                trusted_proxies: config.trusted_proxies.clone(),
+                max_connections: config.max_connections,
+                max_per_ip: config.max_connections_per_ip,
+            })),
         };
         let app = server::router(state);
         let drain = config.shutdown_timeout;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::fanout::FanOut;
 use crate::page;
+use crate::ws::admission::Admission;
 use crate::ws::{connection, endpoint, ConnectionSettings, Endpoint};
 
 /// Largest client frame or message accepted; larger ones close the connection with 1009.
@@ -37,6 +38,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks, so shutdown can wait for their closes.
     pub connections: TaskTracker,
+    /// Origin allow-list and connection limits.
+    pub admission: Arc<Admission>,
 }
 
 /// The hub's routes.
@@ -54,6 +57,7 @@ pub fn router(state: AppState) -> Router {
 async fn websocket(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     uri: Uri,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -84,6 +88,12 @@ async fn websocket(
                 .into_response();
         }
     };
+    if !state.admission.origin_allowed(&headers) {
+        tracing::info!(endpoint = endpoint.segment(), %peer, origin = ?headers.get(header::ORIGIN), "origin not allowed");
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
+    let client_ip = state.admission.client_ip(peer, &headers);
+    let place = state.admission.admit(client_ip);
     let upgrade = upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
@@ -94,6 +104,14 @@ async fn websocket(
     let tracker = state.connections.clone();
     upgrade.on_upgrade(move |socket| {
         tracker.track_future(async move {
+            let peer = SocketAddr::new(client_ip, peer.port());
+            let _place = match place {
+                Ok(place) => place,
+                Err(refusal) => {
+                    return connection::turn_away_at_limit(socket, endpoint, &raw_id, refusal, peer)
+                        .await
+                }
+            };
             match watch {
                 Ok(watch) => {
                     connection::serve(

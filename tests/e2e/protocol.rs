@@ -407,6 +407,78 @@ async fn a_drain_spread_closes_clients_a_few_at_a_time(kind: BrokerKind) {
     );
 }
 
+async fn connection_limits_turn_clients_away_with_1013(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
+    owner.seed_task("t-l", vec![]).await;
+    let hub = TestHub::start_with(&broker, |c| {
+        c.max_connections = 3;
+        c.max_connections_per_ip = 2;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("a network")];
+    })
+    .await;
+    let hub = &hub;
+    let connect = |ip: &'static str| async move {
+        Client::try_connect_with_headers(hub, "/ws/task-execution/t-l", &[("x-forwarded-for", ip)])
+            .await
+            .expect("the handshake succeeds")
+    };
+    let mut first = connect("198.51.100.1").await;
+    first.next_of_type("task_execution_update").await;
+    let mut second = connect("198.51.100.1").await;
+    second.next_of_type("task_execution_update").await;
+
+    // A third from the same address: told why, then 1013, with nothing of the key's data.
+    let mut third = connect("198.51.100.1").await;
+    let error = third.next_json().await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["task_record_id"], "t-l");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("上限"),
+        "{error}"
+    );
+    assert_eq!(third.close_code().await, 1013);
+
+    // Another address has room until the hub as a whole is full.
+    let mut other = connect("203.0.113.9").await;
+    other.next_of_type("task_execution_update").await;
+    let mut fourth = connect("192.0.2.44").await;
+    assert_eq!(fourth.next_json().await["type"], "error");
+    assert_eq!(fourth.close_code().await, 1013);
+
+    // A client that leaves gives its place back.
+    first.close().await;
+    vwed_e2e::eventually("a place is free again", || async move {
+        let mut again = connect("198.51.100.1").await;
+        again.next_json().await["type"] == "task_execution_update"
+    })
+    .await;
+    second.assert_alive().await;
+}
+
+async fn only_allowed_origins_may_connect(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
+    owner.seed_task("t-o", vec![]).await;
+    let hub = TestHub::start_with(&broker, |c| {
+        c.allowed_origins = vec!["https://panel.example".into()];
+    })
+    .await;
+    let path = "/ws/task-execution/t-o";
+    let refused =
+        Client::try_connect_with_headers(&hub, path, &[("origin", "https://evil.example")]).await;
+    assert_eq!(refused.err(), Some(403));
+    for headers in [&[("origin", "https://panel.example")][..], &[]] {
+        let mut client = Client::try_connect_with_headers(&hub, path, headers)
+            .await
+            .expect("allowed");
+        client.next_of_type("task_execution_update").await;
+    }
+}
+
 async fn a_flood_of_get_status_costs_the_hub_little_and_others_nothing(kind: BrokerKind) {
     let (_broker, _owner, hub) = start(kind).await;
     let mut other = connect_settled(&hub, ENDPOINTS[2]).await;
@@ -443,5 +515,7 @@ on_both_brokers!(
     silent_connections_are_dropped_and_their_resources_freed,
     shutdown_closes_every_client_with_1001,
     a_drain_spread_closes_clients_a_few_at_a_time,
+    connection_limits_turn_clients_away_with_1013,
+    only_allowed_origins_may_connect,
     a_flood_of_get_status_costs_the_hub_little_and_others_nothing,
 );

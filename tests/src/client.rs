@@ -49,6 +49,29 @@ impl Client {
         Self { ws }
     }
 
+    /// Connects with extra request headers (`Origin`, `X-Forwarded-For`, ...); the HTTP status
+    /// when the hub refuses the handshake.
+    pub async fn try_connect_with_headers(
+        hub: &TestHub,
+        path: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Self, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = hub.url(path).into_client_request().expect("a valid URL");
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, value.parse().expect("a valid header value"));
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(Self { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(error) => panic!("cannot connect to {path}: {error}"),
+        }
+    }
+
     /// Connects to a full `ws://` URL.
     pub async fn connect_url(url: &str) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(url)

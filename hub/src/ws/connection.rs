@@ -12,6 +12,7 @@ use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::Refusal;
 use super::endpoint::{Endpoint, InvalidRequest, Watch};
 use crate::fanout::{outbox, FanOut, Inbox, Member, Membership, Mode};
 use crate::messages::{self, ClientMessageError, ClientRequest, Envelope, Frame};
@@ -78,6 +79,32 @@ pub async fn reject(
     close_socket(socket, close::POLICY, "invalid parameters", CLOSE_GRACE).await;
 }
 
+/// Serves a connection past a connection limit: one `error`, then close 1013.
+pub async fn turn_away_at_limit(
+    socket: WebSocket,
+    endpoint: Endpoint,
+    raw_id: &str,
+    refusal: Refusal,
+    peer: SocketAddr,
+) {
+    let (text, reason) = match refusal {
+        Refusal::TooManyConnections => ("服务连接数已达上限,请稍后重试", "too many connections"),
+        Refusal::TooManyFromAddress => (
+            "该地址的连接数已达上限,请稍后重试",
+            "too many connections from this address",
+        ),
+    };
+    tracing::info!(endpoint = endpoint.segment(), %peer, close_code = close::TRY_AGAIN_LATER, reason, "connection refused");
+    let envelope = Envelope::new(endpoint.kind(), &lossy_id(raw_id));
+    try_again_later(socket, envelope.error(text), reason).await;
+}
+
+/// Sends `error`, then closes with 1013 ("try again later").
+async fn try_again_later(mut socket: WebSocket, error: Frame, reason: &'static str) {
+    let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(error))).await;
+    close_socket(socket, close::TRY_AGAIN_LATER, reason, CLOSE_GRACE).await;
+}
+
 /// The id as best it can be shown in an error about it.
 fn lossy_id(raw: &str) -> String {
     let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
@@ -90,7 +117,7 @@ fn lossy_id(raw: &str) -> String {
 
 /// Serves a valid connection until it ends.
 pub async fn serve(
-    mut socket: WebSocket,
+    socket: WebSocket,
     watch: Watch,
     fanout: Arc<FanOut>,
     settings: ConnectionSettings,
@@ -103,15 +130,7 @@ pub async fn serve(
     if !fanout.context.broker.is_connected() {
         tracing::info!(endpoint, key = %watch.id, %peer, close_code = close::TRY_AGAIN_LATER, "connection refused: broker unavailable");
         let text = envelope.error("服务暂时不可用: 消息总线未连接,请稍后重试");
-        let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(text))).await;
-        close_socket(
-            socket,
-            close::TRY_AGAIN_LATER,
-            "broker unavailable",
-            CLOSE_GRACE,
-        )
-        .await;
-        return;
+        return try_again_later(socket, text, "broker unavailable").await;
     }
 
     let (outbox, inbox) = outbox(settings.queue_capacity, metrics.clone());

@@ -1,6 +1,7 @@
 //! The WebSocket transport: which endpoint a request names, whether its parameters are valid,
 //! and the per-connection loop.
 
+pub mod admission;
 pub mod connection;
 pub mod endpoint;
 
