@@ -65,6 +65,16 @@ pub struct Config {
     #[arg(long, env = "VWED_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 
+    /// Messages a client may send per second, on average (ping, get_status, ...); past it and
+    /// its burst, the client gets an `error` and its messages are dropped, and if it goes on,
+    /// close 1008. 0: no limit.
+    #[arg(long, env = "VWED_CLIENT_MESSAGE_RATE", default_value_t = 20.0, value_parser = parse_rate)]
+    pub client_message_rate: f64,
+
+    /// Messages a client may send at once above --client-message-rate.
+    #[arg(long, env = "VWED_CLIENT_MESSAGE_BURST", default_value_t = 40)]
+    pub client_message_burst: u32,
+
     /// Open connections allowed in all; past it new clients get an `error` and close 1013.
     /// 0: no limit (the process's file-descriptor limit still applies).
     #[arg(long, env = "VWED_MAX_CONNECTIONS", default_value_t = 0)]
@@ -117,6 +127,13 @@ impl Config {
         let mut config = Self::parse_from(["vwed-hub"]);
         config.listen = listen;
         config
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err("must be a number of messages per second, 0 or more (0: no limit)".into()),
     }
 }
 

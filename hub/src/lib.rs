@@ -123,6 +123,8 @@ impl Hub {
                 queue_capacity: config.client_queue,
                 write_timeout: config.write_timeout,
                 drain_spread: config.drain_spread,
+                message_rate: config.client_message_rate,
+                message_burst: config.client_message_burst,
             },
             shutdown: shutdown.clone(),
             connections: connections.clone(),

@@ -157,6 +157,9 @@ pub enum ClientMessageError {
     /// A binary frame.
     #[error("不支持二进制消息,请发送JSON文本消息")]
     Binary,
+    /// More messages than the per-connection limit allows; dropped until the client slows.
+    #[error("消息发送过于频繁,请降低发送频率")]
+    TooFrequent,
 }
 
 #[derive(Deserialize)]

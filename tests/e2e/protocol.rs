@@ -19,15 +19,21 @@ const ENDPOINTS: [&str; 4] = [
 
 async fn start(kind: BrokerKind) -> (TestBroker, Owner, TestHub) {
     let broker = TestBroker::start(kind).await;
-    let owner = Owner::start(&broker).await;
+    let owner = seeded_owner(&broker).await;
+    let hub = TestHub::start(&broker).await;
+    (broker, owner, hub)
+}
+
+/// An owner of task `t-1` and scene `s-1`.
+async fn seeded_owner(broker: &TestBroker) -> Owner {
+    let owner = Owner::start(broker).await;
     owner
         .seed_task("t-1", vec![TaskResult::now("[a] 1", TaskStatus::Success)])
         .await;
     owner
         .seed_scene("s-1", vec![location("s-1", "l-1", "A1", "S1", 1)])
         .await;
-    let hub = TestHub::start(&broker).await;
-    (broker, owner, hub)
+    owner
 }
 
 /// Connects and consumes the initial state of realtime endpoints.
@@ -479,8 +485,49 @@ async fn only_allowed_origins_may_connect(kind: BrokerKind) {
     }
 }
 
-async fn a_flood_of_get_status_costs_the_hub_little_and_others_nothing(kind: BrokerKind) {
+async fn a_client_that_floods_is_told_then_closed_with_1008(kind: BrokerKind) {
     let (_broker, _owner, hub) = start(kind).await;
+    let mut other = connect_settled(&hub, ENDPOINTS[2]).await;
+    let mut flooder = connect_settled(&hub, ENDPOINTS[1]).await;
+    // The default allowance: a burst of 40, then 20 a second.
+    for _ in 0..40 {
+        flooder.send_text("ping").await;
+    }
+    for _ in 0..40 {
+        assert_eq!(flooder.next().await, Received::Text("pong".into()));
+    }
+    for _ in 0..200 {
+        flooder.send_text("ping").await;
+    }
+    let mut pongs = 0;
+    let error = loop {
+        match flooder.next().await {
+            Received::Text(pong) if pong == "pong" => pongs += 1,
+            Received::Json(error) => break error,
+            other => panic!("expected pongs then an error, got {other:?}"),
+        }
+    };
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["message"], "消息发送过于频繁,请降低发送频率");
+    assert!(pongs < 200, "the flood was cut short");
+    loop {
+        match flooder.next().await {
+            Received::Text(pong) if pong == "pong" => continue,
+            Received::Close(close) => {
+                assert_eq!(close.map(|(code, _)| code), Some(1008));
+                break;
+            }
+            other => panic!("expected the close, got {other:?}"),
+        }
+    }
+    other.assert_alive().await;
+}
+
+async fn a_flood_of_get_status_costs_the_hub_little_and_others_nothing(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let _owner = seeded_owner(&broker).await;
+    // This flood is on purpose: no message limit, to see what the hub does with the flood.
+    let hub = TestHub::start_with(&broker, |c| c.client_message_rate = 0.0).await;
     let mut other = connect_settled(&hub, ENDPOINTS[2]).await;
     let mut flooder = connect_settled(&hub, ENDPOINTS[0]).await;
     for _ in 0..5000 {
@@ -517,5 +564,6 @@ on_both_brokers!(
     a_drain_spread_closes_clients_a_few_at_a_time,
     connection_limits_turn_clients_away_with_1013,
     only_allowed_origins_may_connect,
+    a_client_that_floods_is_told_then_closed_with_1008,
     a_flood_of_get_status_costs_the_hub_little_and_others_nothing,
 );

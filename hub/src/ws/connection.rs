@@ -54,6 +54,72 @@ pub struct ConnectionSettings {
     /// On shutdown, each connection closes at a random moment within this window, so that its
     /// clients reconnect to other replicas a few at a time rather than all at once.
     pub drain_spread: Duration,
+    /// Client messages allowed per second, on average; 0 for no limit.
+    pub message_rate: f64,
+    /// Client messages allowed at once above the rate; also how many more, past the limit, a
+    /// client may send before it is closed.
+    pub message_burst: u32,
+}
+
+/// A client's allowance of messages: a token bucket, so bursts up to the limit cost nothing.
+struct MessageBudget {
+    /// Messages that may be sent now.
+    tokens: f64,
+    /// When `tokens` was last topped up.
+    refilled: Instant,
+    /// Messages refused since the client last had its whole allowance; the first gets an
+    /// `error`, too many close the connection.
+    refused: u32,
+}
+
+/// What to do with one client message.
+#[derive(Debug, PartialEq, Eq)]
+enum Allowance {
+    /// Within the limit: handle it.
+    Take,
+    /// Over the limit for the first time in a row: say so, drop the message.
+    Warn,
+    /// Still over: drop it.
+    Drop,
+    /// Over for too long: close with 1008.
+    Close,
+}
+
+impl MessageBudget {
+    fn new(settings: &ConnectionSettings) -> Self {
+        Self {
+            tokens: f64::from(settings.message_burst),
+            refilled: Instant::now(),
+            refused: 0,
+        }
+    }
+
+    fn spend(&mut self, settings: &ConnectionSettings) -> Allowance {
+        if settings.message_rate <= 0.0 {
+            return Allowance::Take;
+        }
+        let now = Instant::now();
+        let full = f64::from(settings.message_burst.max(1));
+        let earned = now.duration_since(self.refilled).as_secs_f64() * settings.message_rate;
+        self.tokens = (self.tokens + earned).min(full);
+        self.refilled = now;
+        if self.tokens >= full {
+            // A whole allowance saved up again: whatever came before is forgiven. (A token now
+            // and then is not enough: a client that keeps sending at twice the rate must still
+            // reach the close.)
+            self.refused = 0;
+        }
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Allowance::Take;
+        }
+        self.refused += 1;
+        match self.refused {
+            1 => Allowance::Warn,
+            n if n > settings.message_burst => Allowance::Close,
+            _ => Allowance::Drop,
+        }
+    }
 }
 
 /// Why the connection loop ended.
@@ -146,6 +212,7 @@ pub async fn serve(
     tracing::info!(endpoint, key = %watch.id, %peer, "connection opened");
 
     let drain = Drain::new(shutdown, settings.drain_spread);
+    let budget = MessageBudget::new(&settings);
     let mut connection = Connection {
         socket,
         inbox,
@@ -154,6 +221,7 @@ pub async fn serve(
         settings,
         metrics: metrics.clone(),
         drain,
+        budget,
         client_close: None,
     };
     let ending = connection.run().await;
@@ -280,6 +348,8 @@ struct Connection {
     metrics: Arc<Metrics>,
     /// When to close once the hub drains.
     drain: Drain,
+    /// How many more messages the client may send now.
+    budget: MessageBudget,
     /// The code of the client's close frame (1005 when it gave none), so the closing log line
     /// can tell a client that left from a network that failed.
     client_close: Option<u16>,
@@ -324,6 +394,22 @@ impl Connection {
     }
 
     async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
+        if matches!(message, Message::Text(_) | Message::Binary(_)) {
+            match self.budget.spend(&self.settings) {
+                Allowance::Take => {}
+                Allowance::Warn => {
+                    let error = self
+                        .envelope
+                        .error(&ClientMessageError::TooFrequent.to_string());
+                    return self.write(Message::Text(error)).await;
+                }
+                Allowance::Drop => return Ok(()),
+                Allowance::Close => {
+                    tracing::debug!("a client kept sending past its message limit; closing");
+                    return Err(Ending::Close(close::POLICY, "too many messages"));
+                }
+            }
+        }
         let reply = match message {
             Message::Text(text) => match messages::parse_client_text(text.as_str()) {
                 Ok(ClientRequest::TextPing) => Some(Utf8Bytes::from_static("pong")),
@@ -449,5 +535,61 @@ async fn close_socket(
             while let Some(Ok(_)) = socket.recv().await {}
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(message_rate: f64, message_burst: u32) -> ConnectionSettings {
+        ConnectionSettings {
+            ping_interval: Duration::from_secs(20),
+            queue_capacity: 8,
+            write_timeout: Duration::from_secs(1),
+            drain_spread: Duration::ZERO,
+            message_rate,
+            message_burst,
+        }
+    }
+
+    #[test]
+    fn a_burst_passes_then_one_warning_then_silence_then_the_close() {
+        let settings = settings(0.001, 3);
+        let mut budget = MessageBudget::new(&settings);
+        let allowances: Vec<_> = (0..8).map(|_| budget.spend(&settings)).collect();
+        use Allowance::*;
+        assert_eq!(
+            allowances,
+            [Take, Take, Take, Warn, Drop, Drop, Close, Close]
+        );
+    }
+
+    #[test]
+    fn a_client_that_keeps_sending_too_fast_is_closed_though_tokens_trickle_in() {
+        let settings = settings(20.0, 4);
+        let mut budget = MessageBudget::new(&settings);
+        let mut closed = false;
+        // Twice the rate: a message every 25 ms of simulated time.
+        for _ in 0..200 {
+            budget.refilled -= Duration::from_millis(25);
+            if budget.spend(&settings) == Allowance::Close {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed);
+    }
+
+    #[test]
+    fn tokens_come_back_with_time_and_no_rate_means_no_limit() {
+        let settings = settings(1000.0, 1);
+        let mut budget = MessageBudget::new(&settings);
+        assert_eq!(budget.spend(&settings), Allowance::Take);
+        budget.refilled -= Duration::from_millis(10);
+        assert_eq!(budget.spend(&settings), Allowance::Take);
+        let unlimited = self::settings(0.0, 0);
+        let mut budget = MessageBudget::new(&unlimited);
+        assert!((0..10_000).all(|_| budget.spend(&unlimited) == Allowance::Take));
     }
 }
