@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::auth::{AuthRules, TokenKey};
+
 /// vwed-hub: the realtime hub of the VWED WebSocket API.
 ///
 /// Serves the four VWED endpoints under /ws (task execution and storage locations, realtime and
@@ -95,6 +97,37 @@ pub struct Config {
     #[arg(long, env = "VWED_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Turns on connection tokens signed with this shared secret (JWT, HS256; at least 32
+    /// bytes). Every WebSocket client must then present a token whose `scenes` and `tasks`
+    /// claims name what it watches (`*`: all), as `?token=`, `Authorization: Bearer`, or the
+    /// subprotocol `bearer.<token>` offered beside `vwed`. Prefer the environment variable.
+    #[arg(
+        long,
+        env = "VWED_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET",
+        conflicts_with = "jwt_public_key"
+    )]
+    pub jwt_secret: Option<Secret>,
+
+    /// Turns on connection tokens signed by the holder of this public key (PEM: RSA for RS256,
+    /// EC P-256/P-384 for ES256/ES384). See --jwt-secret for what tokens carry.
+    #[arg(long, env = "VWED_JWT_PUBLIC_KEY", value_name = "PEM_FILE")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// How far a token's `exp` and `nbf` may be off, for clocks that disagree a little.
+    /// A connection is closed (1008) when its token expires, after this leeway.
+    #[arg(long, env = "VWED_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration_or_zero)]
+    pub jwt_leeway: Duration,
+
+    /// When set, tokens must carry this issuer (`iss`).
+    #[arg(long, env = "VWED_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, tokens must carry this audience (`aud`).
+    #[arg(long, env = "VWED_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
     /// How log lines are written to stderr: `text` for people, `json` (one object per line) for
     /// log collectors. Each connection logs one line when it opens and one when it closes.
     #[arg(long, env = "VWED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -109,6 +142,24 @@ pub struct Config {
     /// On SIGTERM/SIGINT, how long closing clients (with 1001) may take before the hub exits.
     #[arg(long, env = "VWED_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+/// A value that must not reach logs: its `Debug` shows only that it is set.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_owned()))
+    }
 }
 
 /// The shape of log lines.
@@ -127,6 +178,21 @@ impl Config {
         let mut config = Self::parse_from(["vwed-hub"]);
         config.listen = listen;
         config
+    }
+
+    /// How connection tokens are checked, from the `--jwt-*` flags.
+    pub fn auth_rules(&self) -> AuthRules {
+        let key = match (&self.jwt_secret, &self.jwt_public_key) {
+            (Some(secret), _) => Some(TokenKey::Secret(secret.0.clone())),
+            (None, Some(path)) => Some(TokenKey::PublicKeyFile(path.clone())),
+            (None, None) => None,
+        };
+        AuthRules {
+            key,
+            leeway: self.jwt_leeway,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+        }
     }
 }
 

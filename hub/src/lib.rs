@@ -10,6 +10,7 @@
 //! rendering) → [`ws`] (endpoints and connections), with [`messages`] the client-facing wire and
 //! `vwed_publisher::wire` the publisher-facing one.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod fanout;
@@ -31,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use vwed_demo::{Demo, DemoConfig};
 use vwed_publisher::{MemoryBus, Publisher, Subjects};
 
+use crate::auth::Auth;
 use crate::broker::{server_list, Broker, MemoryBroker, NatsBroker};
 use crate::config::Config;
 use crate::fanout::{FanOut, TopicContext};
@@ -106,6 +108,10 @@ impl Hub {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let auth = Auth::new(&config.auth_rules()).context("invalid token configuration")?;
+        if auth.is_enabled() {
+            tracing::info!("connection tokens required (JWT)");
+        }
         let context = Arc::new(TopicContext {
             broker,
             subjects: Subjects::new(config.subject_prefix.clone()),
@@ -134,6 +140,7 @@ impl Hub {
                 max_connections: config.max_connections,
                 max_per_ip: config.max_connections_per_ip,
             })),
+            auth: Arc::new(auth),
         };
         let app = server::router(state);
         let drain = config.shutdown_timeout;

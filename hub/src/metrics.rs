@@ -36,6 +36,13 @@ pub struct KindLabels {
     pub reason: &'static str,
 }
 
+/// Labels naming why something was refused.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The cause, as in the close frame's reason (`token expired`, `too many connections`, ...).
+    pub reason: &'static str,
+}
+
 /// Every metric the hub keeps. Handles are cheap to clone and update without locks.
 #[derive(Debug)]
 pub struct Metrics {
@@ -43,6 +50,9 @@ pub struct Metrics {
     registry: Registry,
     /// Open WebSocket connections by endpoint.
     pub connections: Family<EndpointLabels, Gauge>,
+    /// Connection requests turned away, by cause: limits, origins, parameters, tokens. A rise in
+    /// token causes is someone probing, or an issuer whose keys or clocks went wrong.
+    pub connections_refused: Family<ReasonLabels, Counter>,
     /// Messages queued to a client.
     pub messages_delivered: Counter,
     /// Messages not queued because the client's queue was full.
@@ -73,6 +83,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("vwed_hub");
         let metrics = Self {
             connections: Family::default(),
+            connections_refused: Family::default(),
             messages_delivered: Counter::default(),
             messages_dropped: Counter::default(),
             slow_clients_closed: Counter::default(),
@@ -90,6 +101,11 @@ impl Default for Metrics {
             "connections",
             "Open WebSocket connections",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connection requests turned away, by cause",
+            metrics.connections_refused.clone(),
         );
         registry.register(
             "messages_delivered",
@@ -183,6 +199,13 @@ impl Metrics {
         self.snapshot_duration
             .get_or_create(&KindOnly { kind })
             .observe(duration.as_secs_f64());
+    }
+
+    /// Counts a connection request turned away.
+    pub fn refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts a refused event or reply.

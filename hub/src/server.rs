@@ -12,9 +12,11 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{self, Auth};
 use crate::fanout::FanOut;
 use crate::page;
 use crate::ws::admission::Admission;
+use crate::ws::connection::Rejection;
 use crate::ws::{connection, endpoint, ConnectionSettings, Endpoint};
 
 /// Largest client frame or message accepted; larger ones close the connection with 1009.
@@ -40,6 +42,8 @@ pub struct AppState {
     pub connections: TaskTracker,
     /// Origin allow-list and connection limits.
     pub admission: Arc<Admission>,
+    /// Connection tokens, when configured.
+    pub auth: Arc<Auth>,
 }
 
 /// The hub's routes.
@@ -88,32 +92,35 @@ async fn websocket(
                 .into_response();
         }
     };
+    let metrics = state.fanout.context.metrics.clone();
     if !state.admission.origin_allowed(&headers) {
         tracing::info!(endpoint = endpoint.segment(), %peer, origin = ?headers.get(header::ORIGIN), "origin not allowed");
+        metrics.refused("origin not allowed");
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     let client_ip = state.admission.client_ip(peer, &headers);
     let place = state.admission.admit(client_ip);
+    // Checked in the order a client fixes them: come back later, bring a token, ask properly,
+    // ask for what the token allows.
+    let admitted = place.map_err(Rejection::from).and_then(|place| {
+        let grant = state.auth.authenticate(&headers, query.as_deref())?;
+        let watch = endpoint::parse(endpoint, raw_id, query.as_deref())?;
+        grant.permits(endpoint.kind(), &watch.id)?;
+        Ok((place, watch, grant.remaining()))
+    });
     let upgrade = upgrade
+        .protocols([auth::SUBPROTOCOL])
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER);
-    let watch = endpoint::parse(endpoint, raw_id, query.as_deref());
     let raw_id = raw_id.to_owned();
     let tracker = state.connections.clone();
     upgrade.on_upgrade(move |socket| {
         tracker.track_future(async move {
             let peer = SocketAddr::new(client_ip, peer.port());
-            let _place = match place {
-                Ok(place) => place,
-                Err(refusal) => {
-                    return connection::turn_away_at_limit(socket, endpoint, &raw_id, refusal, peer)
-                        .await
-                }
-            };
-            match watch {
-                Ok(watch) => {
+            match admitted {
+                Ok((_place, watch, expires_in)) => {
                     connection::serve(
                         socket,
                         watch,
@@ -121,10 +128,13 @@ async fn websocket(
                         state.settings,
                         state.shutdown,
                         peer,
+                        expires_in,
                     )
                     .await;
                 }
-                Err(invalid) => connection::reject(socket, endpoint, &raw_id, invalid, peer).await,
+                Err(rejection) => {
+                    connection::refuse(socket, endpoint, &raw_id, rejection, peer, &metrics).await;
+                }
             }
         })
     })

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use vwed_demo::Demo;
 use vwed_e2e::browser::Browser;
-use vwed_e2e::{location, BrokerKind, Owner, TestBroker, TestHub};
+use vwed_e2e::{location, tokens, BrokerKind, Owner, TestBroker, TestHub};
 use vwed_publisher::{
     LocationStatus, SceneChange, SceneEvent, StatusAction, Subjects, TaskResult, TaskStatus,
 };
@@ -155,6 +155,39 @@ async fn the_page_shows_a_demo_scene_recolours_changes_and_streams_a_task() {
             .await,
         true
     );
+
+    // A hub that requires tokens: the page passes its `?token=` as a subprotocol, which the
+    // browser accepts only because the hub selects `vwed`.
+    let guarded = TestHub::start_with(&broker, |c| {
+        c.jwt_secret = Some(tokens::SECRET.parse().expect("a secret"));
+    })
+    .await;
+    let guarded_page = format!("http://{}", guarded.addr());
+    let token = tokens::hs256(&tokens::claims(&["page-scene"], &["page-task"]));
+    browser
+        .open(&format!(
+            "{guarded_page}/?scene=page-scene&task=page-task&token={token}"
+        ))
+        .await;
+    browser
+        .wait_until(
+            "the grid shows the 8 locations through a token",
+            &format!("{} === 8", cells()),
+        )
+        .await;
+    let other_scene = tokens::hs256(&tokens::claims(&["another-scene"], &["page-task"]));
+    browser
+        .open(&format!(
+            "{guarded_page}/?scene=page-scene&token={other_scene}"
+        ))
+        .await;
+    browser
+        .wait_until(
+            "a token for another scene stops the grid's socket",
+            "document.querySelector('#state-grid .conn-label').textContent === 'stopped'",
+        )
+        .await;
+    assert_eq!(browser.eval(&format!("{} === 0", cells())).await, true);
     browser.close().await;
 }
 

@@ -72,6 +72,11 @@ impl Client {
         }
     }
 
+    /// A client on a connection opened elsewhere (e.g. with a handshake the test inspects).
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Self { ws }
+    }
+
     /// Connects to a full `ws://` URL.
     pub async fn connect_url(url: &str) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(url)

@@ -8,6 +8,7 @@ pub mod client;
 pub mod cluster;
 pub mod nats;
 pub mod owner;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Once;

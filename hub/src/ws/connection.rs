@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::Refusal;
 use super::endpoint::{Endpoint, InvalidRequest, Watch};
+use crate::auth::Denied;
 use crate::fanout::{outbox, FanOut, Inbox, Member, Membership, Mode};
 use crate::messages::{self, ClientMessageError, ClientRequest, Envelope, Frame};
 use crate::metrics::{EndpointLabels, Metrics};
@@ -130,45 +131,104 @@ enum Ending {
     Gone,
 }
 
-/// Serves a rejected request: one `error` naming the problem, then close 1008.
-pub async fn reject(
-    mut socket: WebSocket,
-    endpoint: Endpoint,
-    raw_id: &str,
-    invalid: InvalidRequest,
-    peer: SocketAddr,
-) {
-    let envelope = Envelope::new(endpoint.kind(), &lossy_id(raw_id));
-    tracing::info!(endpoint = endpoint.segment(), %peer, error = %invalid, close_code = close::POLICY, "connection rejected");
-    let error = envelope.error(&invalid.to_string());
-    let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(error))).await;
-    close_socket(socket, close::POLICY, "invalid parameters", CLOSE_GRACE).await;
+/// Why a connection is turned away before it joins its key, and how the client is told: one
+/// `error` naming the problem, then a close, and nothing of the key's data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The `error` message's text.
+    text: String,
+    /// 1008 when the request itself is at fault, 1013 when the hub cannot take it now.
+    code: u16,
+    /// The close frame's reason; also the cause in the log line and in
+    /// `vwed_hub_connections_refused_total`.
+    reason: &'static str,
 }
 
-/// Serves a connection past a connection limit: one `error`, then close 1013.
-pub async fn turn_away_at_limit(
+impl From<InvalidRequest> for Rejection {
+    fn from(invalid: InvalidRequest) -> Self {
+        Self {
+            text: invalid.to_string(),
+            code: close::POLICY,
+            reason: "invalid parameters",
+        }
+    }
+}
+
+impl From<Denied> for Rejection {
+    fn from(denied: Denied) -> Self {
+        Self {
+            text: denied.to_string(),
+            code: close::POLICY,
+            reason: denied.reason(),
+        }
+    }
+}
+
+impl From<Refusal> for Rejection {
+    fn from(refusal: Refusal) -> Self {
+        let (text, reason) = match refusal {
+            Refusal::TooManyConnections => {
+                ("服务连接数已达上限,请稍后重试", "too many connections")
+            }
+            Refusal::TooManyFromAddress => (
+                "该地址的连接数已达上限,请稍后重试",
+                "too many connections from this address",
+            ),
+        };
+        Self {
+            text: text.into(),
+            code: close::TRY_AGAIN_LATER,
+            reason,
+        }
+    }
+}
+
+impl Rejection {
+    /// No broker to subscribe through: come back later.
+    fn broker_unavailable() -> Self {
+        Self {
+            text: "服务暂时不可用: 消息总线未连接,请稍后重试".into(),
+            code: close::TRY_AGAIN_LATER,
+            reason: "broker unavailable",
+        }
+    }
+}
+
+/// Serves a connection that may not watch what it asked for: one `error`, then the close.
+pub async fn refuse(
     socket: WebSocket,
     endpoint: Endpoint,
     raw_id: &str,
-    refusal: Refusal,
+    rejection: Rejection,
     peer: SocketAddr,
+    metrics: &Metrics,
 ) {
-    let (text, reason) = match refusal {
-        Refusal::TooManyConnections => ("服务连接数已达上限,请稍后重试", "too many connections"),
-        Refusal::TooManyFromAddress => (
-            "该地址的连接数已达上限,请稍后重试",
-            "too many connections from this address",
-        ),
-    };
-    tracing::info!(endpoint = endpoint.segment(), %peer, close_code = close::TRY_AGAIN_LATER, reason, "connection refused");
-    let envelope = Envelope::new(endpoint.kind(), &lossy_id(raw_id));
-    try_again_later(socket, envelope.error(text), reason).await;
+    refuse_key(
+        socket,
+        endpoint,
+        &lossy_id(raw_id),
+        rejection,
+        peer,
+        metrics,
+    )
+    .await;
 }
 
-/// Sends `error`, then closes with 1013 ("try again later").
-async fn try_again_later(mut socket: WebSocket, error: Frame, reason: &'static str) {
+/// [`refuse`], for a key already decoded.
+async fn refuse_key(
+    mut socket: WebSocket,
+    endpoint: Endpoint,
+    key: &str,
+    rejection: Rejection,
+    peer: SocketAddr,
+    metrics: &Metrics,
+) {
+    let Rejection { text, code, reason } = rejection;
+    tracing::info!(endpoint = endpoint.segment(), %key, %peer, close_code = code, reason, "connection refused");
+    metrics.refused(reason);
+    let error = Envelope::new(endpoint.kind(), key).error(&text);
     let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(error))).await;
-    close_socket(socket, close::TRY_AGAIN_LATER, reason, CLOSE_GRACE).await;
+    close_socket(socket, code, reason, CLOSE_GRACE).await;
 }
 
 /// The id as best it can be shown in an error about it.
@@ -189,14 +249,14 @@ pub async fn serve(
     settings: ConnectionSettings,
     shutdown: CancellationToken,
     peer: SocketAddr,
+    expires_in: Option<Duration>,
 ) {
     let metrics = fanout.context.metrics.clone();
     let envelope = Envelope::new(watch.endpoint.kind(), &watch.id);
     let endpoint = watch.endpoint.segment();
     if !fanout.context.broker.is_connected() {
-        tracing::info!(endpoint, key = %watch.id, %peer, close_code = close::TRY_AGAIN_LATER, "connection refused: broker unavailable");
-        let text = envelope.error("服务暂时不可用: 消息总线未连接,请稍后重试");
-        return try_again_later(socket, text, "broker unavailable").await;
+        let rejection = Rejection::broker_unavailable();
+        return refuse_key(socket, watch.endpoint, &watch.id, rejection, peer, &metrics).await;
     }
 
     let (outbox, inbox) = outbox(settings.queue_capacity, metrics.clone());
@@ -223,6 +283,7 @@ pub async fn serve(
         drain,
         budget,
         client_close: None,
+        expires: expires_in.map(|remaining| Instant::now() + remaining),
     };
     let ending = connection.run().await;
     let Connection {
@@ -296,6 +357,14 @@ impl Drain {
     }
 }
 
+/// Resolves at `deadline`, or never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Something the connection can ask its topic for, whatever the key's kind.
 trait Watching: Send {
     fn request_status(&self);
@@ -353,6 +422,9 @@ struct Connection {
     /// The code of the client's close frame (1005 when it gave none), so the closing log line
     /// can tell a client that left from a network that failed.
     client_close: Option<u16>,
+    /// When the client's token expires; the connection ends then, as a new one would be
+    /// refused.
+    expires: Option<Instant>,
 }
 
 impl Connection {
@@ -366,6 +438,11 @@ impl Connection {
             let step = tokio::select! {
                 () = self.drain.reached() => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
                 () = too_slow.cancelled() => Err(Ending::Close(close::TRY_AGAIN_LATER, "client too slow")),
+                () = until(self.expires) => {
+                    let error = self.envelope.error(&Denied::Expired.to_string());
+                    let closing = Err(Ending::Close(close::POLICY, Denied::Expired.reason()));
+                    self.write(Message::Text(error)).await.and(closing)
+                }
                 frame = self.inbox.next() => match frame {
                     Some(frame) => self.write_batch(frame).await,
                     None => Err(Ending::Close(close::INTERNAL, "topic ended")),
