@@ -657,8 +657,11 @@ pub async fn connect_storm(args: ConnectStormArgs) -> anyhow::Result<()> {
         })
         .collect();
     let job = job(&target, streams, TASK_UPDATE, &args.spread, true);
+    let cpu = CpuMeter::start(target.pid);
     let (_pool, connected) = connect(&job, args.clients, &args.spread).await?;
     let mut report = connected_report("connect-storm", &target, args.clients, &connected);
+    report.hub_cpu_percent = cpu.percent().map(|c| (c * 10.0).round() / 10.0);
+    report.hub_rss_bytes = target.pid.and_then(procfs::rss_bytes);
     // Time to initial state is what this scenario's latency means.
     report.set_latency(&connected.ready_us);
     let requests = owner.snapshot_requests();
