@@ -253,13 +253,13 @@ pub struct ConnectStormArgs {
 #[derive(Debug, Clone, Args)]
 pub struct SlowClientArgs {
     /// Subscribers that keep reading.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 200)]
     pub clients: usize,
     /// Events per second on the key.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = 50.0)]
     pub rate: f64,
     /// How long each phase (without, then with the staller) publishes.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Extra bytes per event, so that the staller's kernel socket buffers fill and the hub's
     /// own queue for it is reached within the run (the kernel alone holds megabytes).

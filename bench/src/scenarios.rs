@@ -700,12 +700,26 @@ pub async fn slow_client(args: SlowClientArgs) -> anyhow::Result<()> {
         keys: &keys,
         padding: args.padding,
     };
-    let without = measure(
+    // A short round first, so that neither measured round pays for warming up.
+    measure(
         &mut pool,
         &owner,
         &target,
         Load {
             round: 1,
+            traffic: &traffic,
+            rate: args.rate,
+            duration: Duration::from_secs(2).min(args.duration),
+            grace: args.spread.grace,
+        },
+    )
+    .await?;
+    let without = measure(
+        &mut pool,
+        &owner,
+        &target,
+        Load {
+            round: 2,
             traffic: &traffic,
             rate: args.rate,
             duration: args.duration,
@@ -737,7 +751,7 @@ pub async fn slow_client(args: SlowClientArgs) -> anyhow::Result<()> {
         &owner,
         &target,
         Load {
-            round: 2,
+            round: 3,
             traffic: &traffic,
             rate: args.rate,
             duration: args.duration,

@@ -57,10 +57,11 @@ pub struct Env {
     pub hub: Option<Target>,
     /// nats-server's WebSocket listener, when the scenario needs one.
     pub nats_ws: Option<Target>,
+    /// The hub process started here, kept so that it lives as long as the run. Declared before
+    /// `_nats` so that it stops first, rather than warn that its broker went away.
+    _hub: Option<HubProcess>,
     /// The nats-server started here, kept so that it lives as long as the run.
     _nats: Option<NatsProcess>,
-    /// The hub process started here, kept so that it lives as long as the run.
-    _hub: Option<HubProcess>,
 }
 
 impl Env {
@@ -127,8 +128,8 @@ impl Env {
             nats_url,
             hub,
             nats_ws,
-            _nats: own_nats,
             _hub: own_hub,
+            _nats: own_nats,
         })
     }
 
