@@ -1,0 +1,41 @@
+//! vwed-bench: the load generator of vwed-hub. See `vwed-bench --help` and bench/README.md.
+
+mod cli;
+mod client;
+mod owner;
+mod pool;
+mod procfs;
+mod report;
+mod scenarios;
+mod stamp;
+mod target;
+mod worker;
+
+use clap::Parser;
+
+use cli::{Cli, Scenario};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Scenario::Fanout(args) => scenarios::fanout(args).await,
+            Scenario::ManyKeys(args) => scenarios::many_keys(args).await,
+            Scenario::Idle(args) => scenarios::idle(args).await,
+            Scenario::Storage(args) => scenarios::storage(args).await,
+            Scenario::ConnectStorm(args) => scenarios::connect_storm(args).await,
+            Scenario::SlowClient(args) => scenarios::slow_client(args).await,
+            Scenario::Compare(args) => scenarios::compare(args).await,
+            Scenario::Worker => worker::run().await,
+            Scenario::Hub(config) => {
+                // Thousands of clients need thousands of files; the hub does not raise its own
+                // limit.
+                procfs::raise_fd_limit();
+                vwed_hub::process::run(*config).await
+            }
+        }
+    })
+}
