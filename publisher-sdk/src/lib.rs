@@ -103,6 +103,7 @@ pub mod memory;
 mod publisher;
 mod responder;
 pub mod rev;
+pub mod security;
 pub mod subject;
 pub mod wire;
 
@@ -110,6 +111,7 @@ pub use memory::MemoryBus;
 pub use publisher::Publisher;
 pub use responder::SnapshotResponder;
 pub use rev::HybridClock;
+pub use security::{NatsSecurity, SecurityError};
 pub use subject::{decode_key, encode_key, Subjects};
 pub use wire::{
     timestamp_now, LocationStatus, SceneChange, SceneEvent, SceneSnapshot, SnapshotReply,
