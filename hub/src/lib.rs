@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::fanout::{FanOut, TopicContext};
 use crate::metrics::Metrics;
 use crate::server::AppState;
-use crate::tls::{ServerTls, TlsListener, HANDSHAKE_TIMEOUT};
+use crate::tls::{ServerTls, TlsListener, HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES};
 use crate::ws::admission::{Admission, AdmissionRules};
 use crate::ws::ConnectionSettings;
 
@@ -177,6 +177,7 @@ impl Hub {
                     listener,
                     tls.config(),
                     HANDSHAKE_TIMEOUT,
+                    MAX_PENDING_HANDSHAKES,
                     metrics,
                 )?)
             }

@@ -14,7 +14,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections whose handshake is done but which the server has not taken yet; a few are
 /// plenty, as taking one is quick.
 const READY_QUEUE: usize = 64;
+
+/// TLS handshakes in progress at most. Honest ones take milliseconds; past this, new
+/// connections are closed at once, so that a flood of silent clients cannot hold every file
+/// descriptor for the whole handshake limit.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// The `--tls-*` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -256,22 +261,27 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Starts accepting on `tcp` with `tls`. The accepting task ends (and the port closes)
-    /// when the listener is dropped.
+    /// Starts accepting on `tcp` with `tls`, with at most `max_pending` handshakes at a time,
+    /// each given `handshake_timeout`. The accepting task ends (and the port closes) when the
+    /// listener is dropped.
     pub fn new(
         tcp: TcpListener,
         tls: Arc<ServerConfig>,
         handshake_timeout: Duration,
+        max_pending: usize,
         metrics: Arc<Metrics>,
     ) -> io::Result<Self> {
         let local_addr = tcp.local_addr()?;
         let (sender, ready) = mpsc::channel(READY_QUEUE);
         tokio::spawn(accept_loop(
             tcp,
-            TlsAcceptor::from(tls),
-            handshake_timeout,
+            Handshakes {
+                acceptor: TlsAcceptor::from(tls),
+                timeout: handshake_timeout,
+                pending: Arc::new(Semaphore::new(max_pending)),
+                metrics,
+            },
             sender,
-            metrics,
         ));
         Ok(Self { ready, local_addr })
     }
@@ -298,12 +308,22 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// What each handshake task needs.
+struct Handshakes {
+    /// Runs the handshake with the current certificate.
+    acceptor: TlsAcceptor,
+    /// How long a client may take.
+    timeout: Duration,
+    /// One permit per handshake in progress.
+    pending: Arc<Semaphore>,
+    /// Counts the failures.
+    metrics: Arc<Metrics>,
+}
+
 async fn accept_loop(
     tcp: TcpListener,
-    acceptor: TlsAcceptor,
-    handshake_timeout: Duration,
+    handshakes: Handshakes,
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-    metrics: Arc<Metrics>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -319,9 +339,21 @@ async fn accept_loop(
                 continue;
             }
         };
-        let (acceptor, ready, metrics) = (acceptor.clone(), ready.clone(), metrics.clone());
+        let Ok(permit) = handshakes.pending.clone().try_acquire_owned() else {
+            handshakes.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, "too many TLS handshakes in progress: connection closed");
+            continue;
+        };
+        let (acceptor, timeout, metrics, ready) = (
+            handshakes.acceptor.clone(),
+            handshakes.timeout,
+            handshakes.metrics.clone(),
+            ready.clone(),
+        );
         tokio::spawn(async move {
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            let outcome = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+            drop(permit);
+            match outcome {
                 Ok(Ok(tls)) => {
                     // The server gone (shutting down) drops the connection, as it should.
                     let _ = ready.send((tls, peer)).await;
@@ -332,7 +364,7 @@ async fn accept_loop(
                 }
                 Err(_) => {
                     metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%peer, timeout = ?handshake_timeout, "TLS handshake timed out");
+                    tracing::debug!(%peer, ?timeout, "TLS handshake timed out");
                 }
             }
         });
@@ -429,6 +461,94 @@ mod tests {
         let error = error_of(ServerTls::load(&cert, &key));
         assert!(error.starts_with("TLS key (--tls-key) "), "{error}");
         assert!(error.contains("does not fit the certificate"), "{error}");
+    }
+
+    /// A certificate for localhost and its key, as PEM.
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .and_then(|params| params.self_signed(&key))
+            .expect("a certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_valid_pair_loads_and_a_bad_renewal_keeps_it() {
+        let dir = scratch("reload");
+        let (cert_pem, key_pem) = pair();
+        let cert = write(&dir, "tls.crt", &cert_pem);
+        let key = write(&dir, "tls.key", &key_pem);
+        let tls = ServerTls::load(&cert, &key).expect("a valid pair loads");
+        let served = tls.current.get();
+
+        // A new certificate without its new key: refused, the old pair stays.
+        let (new_cert_pem, new_key_pem) = pair();
+        write(&dir, "tls.crt", &new_cert_pem);
+        let error = tls
+            .reload()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(error.contains("does not fit the certificate"), "{error}");
+        assert!(Arc::ptr_eq(&tls.current.get(), &served));
+
+        write(&dir, "tls.key", &new_key_pem);
+        assert!(tls.reload().is_ok());
+        let now = tls.current.get();
+        assert!(!Arc::ptr_eq(&now, &served));
+        assert_eq!(now.cert[0].as_ref(), served_der(&new_cert_pem).as_slice());
+    }
+
+    fn served_der(pem: &str) -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .map(|der| der.to_vec())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn handshakes_past_the_limit_are_closed_and_silent_ones_time_out() {
+        use tokio::io::AsyncReadExt;
+        let dir = scratch("limit");
+        let (cert_pem, key_pem) = pair();
+        let tls = ServerTls::load(
+            &write(&dir, "tls.crt", &cert_pem),
+            &write(&dir, "tls.key", &key_pem),
+        )
+        .expect("a valid pair loads");
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let metrics = Arc::new(Metrics::default());
+        let timeout = Duration::from_millis(500);
+        let listener =
+            TlsListener::new(tcp, tls.config(), timeout, 2, metrics.clone()).expect("a listener");
+        let addr = listener.local_addr;
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            silent.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        // Let the accept loop take both before the third arrives.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_millis(300), third.read(&mut byte)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "the third connection was not closed at once: {closed:?}"
+        );
+        assert_eq!(metrics.tls_handshake_failures.get(), 1);
+        // The silent two run out of time, are closed and counted, and free their places.
+        for stream in &mut silent {
+            let ended = tokio::time::timeout(timeout * 4, stream.read(&mut byte)).await;
+            assert!(matches!(ended, Ok(Ok(0)) | Ok(Err(_))), "{ended:?}");
+        }
+        assert_eq!(metrics.tls_handshake_failures.get(), 3);
+        let mut fourth = TcpStream::connect(addr).await.expect("connect");
+        let open = tokio::time::timeout(Duration::from_millis(300), fourth.read(&mut byte)).await;
+        assert!(
+            open.is_err(),
+            "a place freed by a timeout was not reused: {open:?}"
+        );
+        drop(listener);
     }
 
     #[test]
