@@ -111,10 +111,13 @@ pub async fn tls_connect(
     TlsConnector::from(config).connect(name, tcp).await
 }
 
-/// A directory of files for one test, under the target directory, emptied first.
+/// A directory of files for one test (`target/test-artifacts/scratch/<name>-<pid>`), emptied
+/// first.
 pub fn scratch_dir(name: &str) -> PathBuf {
-    let dir = crate::cluster::log_dir()
-        .join("..")
+    let logs = crate::cluster::log_dir();
+    let dir = logs
+        .parent()
+        .unwrap_or(&logs)
         .join("scratch")
         .join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
