@@ -24,8 +24,11 @@ struct Setup {
     cert: PathBuf,
     /// The hub's key file.
     key: PathBuf,
+    /// Owns task `t-1` and scene `s-1`, publishing through the SDK.
     owner: Owner,
+    /// The hub under test, serving TLS only.
     hub: TestHub,
+    /// The embedded bus the hub and the owner share; kept alive for the test.
     _broker: TestBroker,
 }
 
