@@ -1,11 +1,13 @@
 //! `vwed-demo`: publishes the demo simulation to a real NATS server, so that a hub started with
 //! `--nats-url` shows live data on its monitoring page.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use vwed_demo::{Demo, DemoConfig};
-use vwed_publisher::Publisher;
+use vwed_publisher::security::redact_url;
+use vwed_publisher::{NatsSecurity, Publisher};
 
 /// vwed-demo: simulated task engines and storage services for vwed-hub.
 ///
@@ -46,6 +48,98 @@ struct Args {
     /// Mean time between two results of one task (jittered ±50%).
     #[arg(long, env = "VWED_DEMO_STEP_INTERVAL", default_value = "1500ms", value_parser = parse_duration)]
     step_interval: Duration,
+
+    /// NATS authentication and TLS, as the hub takes them.
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+/// The hub's `--nats-*` security flags, with the same names and environment variables, so one
+/// environment configures both.
+#[derive(Clone, clap::Args)]
+#[command(next_help_heading = "NATS authentication and TLS")]
+struct SecurityArgs {
+    /// User name for NATS; needs --nats-password.
+    #[arg(long, env = "VWED_NATS_USER", requires = "nats_password",
+          conflicts_with_all = ["nats_token", "nats_nkey", "nats_creds"])]
+    nats_user: Option<String>,
+
+    /// Password of --nats-user (prefer the environment variable).
+    #[arg(
+        long,
+        env = "VWED_NATS_PASSWORD",
+        requires = "nats_user",
+        hide_env_values = true
+    )]
+    nats_password: Option<String>,
+
+    /// Token for NATS (prefer the environment variable).
+    #[arg(long, env = "VWED_NATS_TOKEN", hide_env_values = true,
+          conflicts_with_all = ["nats_nkey", "nats_creds"])]
+    nats_token: Option<String>,
+
+    /// File holding a user nkey seed (`SU...`).
+    #[arg(
+        long,
+        env = "VWED_NATS_NKEY",
+        value_name = "SEED_FILE",
+        conflicts_with = "nats_creds"
+    )]
+    nats_nkey: Option<PathBuf>,
+
+    /// Credentials file (user JWT and seed), for servers in operator mode.
+    #[arg(long, env = "VWED_NATS_CREDS", value_name = "CREDS_FILE")]
+    nats_creds: Option<PathBuf>,
+
+    /// PEM file of the CAs that signed the NATS servers' certificates.
+    #[arg(long, env = "VWED_NATS_TLS_CA", value_name = "PEM_FILE")]
+    nats_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS; needs --nats-tls-key.
+    #[arg(
+        long,
+        env = "VWED_NATS_TLS_CERT",
+        value_name = "PEM_FILE",
+        requires = "nats_tls_key"
+    )]
+    nats_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --nats-tls-cert.
+    #[arg(
+        long,
+        env = "VWED_NATS_TLS_KEY",
+        value_name = "PEM_FILE",
+        requires = "nats_tls_cert"
+    )]
+    nats_tls_key: Option<PathBuf>,
+
+    /// Use TLS to NATS even when the server does not ask for it.
+    #[arg(long, env = "VWED_NATS_TLS_REQUIRED", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    nats_tls_required: bool,
+}
+
+impl SecurityArgs {
+    fn security(&self) -> NatsSecurity {
+        NatsSecurity {
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            nkey_seed_file: self.nats_nkey.clone(),
+            creds_file: self.nats_creds.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
+            tls_required: self.nats_tls_required,
+        }
+    }
+}
+
+impl std::fmt::Debug for SecurityArgs {
+    /// The SDK's redacted form: which secrets are set, never their values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.security(), f)
+    }
 }
 
 #[tokio::main]
@@ -61,12 +155,24 @@ async fn main() -> anyhow::Result<()> {
 
     // Retrying the first connection lets the demo start before NATS does; events published
     // meanwhile wait in the client's buffer.
-    let client = async_nats::ConnectOptions::new()
+    let security = args
+        .security
+        .security()
+        .with_url_credentials(&args.nats_url)?;
+    let options = async_nats::ConnectOptions::new()
+        .name("vwed-demo")
         .retry_on_initial_connect()
-        .max_reconnects(None)
+        .max_reconnects(None);
+    let client = security
+        .apply(options)?
         // A comma-separated list of servers, as the help says; async-nats takes one per string.
         .connect(args.nats_url.split(',').map(str::trim).collect::<Vec<_>>())
         .await?;
+    tracing::info!(
+        url = %redact_url(&args.nats_url),
+        security = %security.describe(),
+        "publishing to NATS"
+    );
     let publisher = Publisher::new(client).with_prefix(&args.subject_prefix);
     let config = DemoConfig {
         scenes: usize::from(args.scenes),
@@ -85,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(scene) = demo.scene_ids().first() {
         tracing::info!(
             "open http://localhost:8000/?scene={scene} on a hub run with --nats-url {}",
-            args.nats_url
+            redact_url(&args.nats_url)
         );
     }
     if let Some(task) = tasks.first() {
@@ -170,6 +276,27 @@ mod tests {
         assert_eq!(args.changes_per_second, config.status_changes_per_second);
         assert_eq!(args.tasks, config.concurrent_tasks);
         assert_eq!(args.step_interval, config.step_interval);
+        assert_eq!(args.security.security(), NatsSecurity::default());
+    }
+
+    #[test]
+    fn security_flags_map_onto_the_sdk() {
+        let args = Args::parse_from([
+            "vwed-demo",
+            "--nats-user",
+            "demo",
+            "--nats-password",
+            "s3cret",
+            "--nats-tls-ca",
+            "ca.pem",
+            "--nats-tls-required",
+        ]);
+        let security = args.security.security();
+        assert_eq!(security.user.as_deref(), Some("demo"));
+        assert_eq!(security.password.as_deref(), Some("s3cret"));
+        assert_eq!(security.tls_ca, Some(PathBuf::from("ca.pem")));
+        assert!(security.tls_required);
+        assert!(!format!("{args:?}").contains("s3cret"));
     }
 
     #[test]
@@ -180,6 +307,8 @@ mod tests {
             &["vwed-demo", "--changes-per-second", "NaN"],
             &["vwed-demo", "--subject-prefix", "a.*"],
             &["vwed-demo", "--step-interval", "0s"],
+            &["vwed-demo", "--nats-token", "t", "--nats-creds", "a.creds"],
+            &["vwed-demo", "--nats-user", "u"],
         ] {
             assert!(Args::try_parse_from(bad).is_err(), "{bad:?}");
         }

@@ -142,6 +142,14 @@ pub struct Config {
     /// On SIGTERM/SIGINT, how long closing clients (with 1001) may take before the hub exits.
     #[arg(long, env = "VWED_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Serving https:// and wss:// (`--tls-*`).
+    #[command(flatten)]
+    pub tls: crate::tls::TlsFlags,
+
+    /// Authenticating to NATS and securing that connection (`--nats-user`, `--nats-tls-*`, ...).
+    #[command(flatten)]
+    pub nats_security: crate::broker::NatsFlags,
 }
 
 /// A value that must not reach logs: its `Debug` shows only that it is set.

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod page;
 pub mod process;
 pub mod server;
+pub mod tls;
 pub mod view;
 pub mod ws;
 
@@ -30,6 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use vwed_demo::{Demo, DemoConfig};
+use vwed_publisher::security::redact_url;
 use vwed_publisher::{MemoryBus, Publisher, Subjects};
 
 use crate::auth::Auth;
@@ -38,6 +40,7 @@ use crate::config::Config;
 use crate::fanout::{FanOut, TopicContext};
 use crate::metrics::Metrics;
 use crate::server::AppState;
+use crate::tls::{ServerTls, TlsListener, HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES};
 use crate::ws::admission::{Admission, AdmissionRules};
 use crate::ws::ConnectionSettings;
 
@@ -56,6 +59,8 @@ pub struct Hub {
     bus: Option<MemoryBus>,
     /// The simulation that `--demo` runs; stops when the hub is dropped.
     demo: Option<Demo>,
+    /// Whether the port speaks TLS, so that the URLs the hub logs say https/wss.
+    tls: bool,
 }
 
 impl Hub {
@@ -64,13 +69,25 @@ impl Hub {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let (broker, bus): (Arc<dyn Broker>, _) = match &config.nats_url {
             Some(url) => {
-                let broker = NatsBroker::connect(url)
+                // A URL may carry a password (nats://user:pass@host): never log it.
+                let shown = redact_url(url);
+                let security = config
+                    .nats_security
+                    .security()
+                    .with_url_credentials(url)
+                    .with_context(|| format!("invalid NATS configuration {shown:?}"))?;
+                let broker = NatsBroker::connect(url, &security)
                     .await
-                    .with_context(|| format!("invalid NATS configuration {url:?}"))?;
-                tracing::info!(%url, "broker: NATS");
+                    .with_context(|| format!("invalid NATS configuration {shown:?}"))?;
+                tracing::info!(url = %shown, security = %security.describe(), "broker: NATS");
                 (Arc::new(broker), None)
             }
             None => {
+                if config.nats_security.any() {
+                    tracing::warn!(
+                        "--nats-* authentication and TLS flags are ignored without --nats-url"
+                    );
+                }
                 let bus = MemoryBus::new();
                 if config.demo {
                     tracing::info!("broker: embedded in-process bus (no --nats-url given)");
@@ -92,7 +109,7 @@ impl Hub {
         let mut hub = Self::start_with_broker(config, broker).await?;
         hub.bus = bus;
         if let Some(demo) = demo {
-            announce_demo(&demo, hub.local_addr).await;
+            announce_demo(&demo, hub.local_addr, hub.tls).await;
             hub.demo = Some(demo);
         }
         Ok(hub)
@@ -104,19 +121,22 @@ impl Hub {
         config: Config,
         broker: Arc<dyn Broker>,
     ) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let local_addr = listener.local_addr()?;
+        // Bad certificate or token-key files stop the start before the port opens.
+        let tls = ServerTls::from_flags(&config.tls)?;
         let auth = Auth::new(&config.auth_rules()).context("invalid token configuration")?;
         if auth.is_enabled() {
             tracing::info!("connection tokens required (JWT)");
         }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let metrics = Arc::new(Metrics::default());
         let context = Arc::new(TopicContext {
             broker,
             subjects: Subjects::new(config.subject_prefix.clone()),
             snapshot_timeout: config.snapshot_timeout,
-            metrics: Arc::new(Metrics::default()),
+            metrics: metrics.clone(),
         });
         let fanout = Arc::new(FanOut::new(context));
         let follower = tokio::spawn(fanout.clone().follow_broker());
@@ -153,13 +173,44 @@ impl Hub {
             );
         }
         let stop = shutdown.clone();
+        let secure = tls.is_some();
+        let listener = match tls {
+            Some(tls) => {
+                tokio::spawn(
+                    tls.clone()
+                        .watch(config.tls.tls_reload_interval, shutdown.clone()),
+                );
+                Listening::Tls(TlsListener::new(
+                    listener,
+                    tls.config(),
+                    HANDSHAKE_TIMEOUT,
+                    MAX_PENDING_HANDSHAKES,
+                    metrics,
+                )?)
+            }
+            None => Listening::Plain(listener),
+        };
         let server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+            let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
+            let stopped = stop.cancelled_owned();
+            match listener {
+                Listening::Plain(listener) => {
+                    axum::serve(listener, make_service)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                }
+                Listening::Tls(listener) => {
+                    // A no-op tap, through which axum's connect info names the peer of a
+                    // listener of the hub's own.
+                    let listener = axum::serve::ListenerExt::tap_io(
+                        listener,
+                        (|_| {}) as fn(&mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>),
+                    );
+                    axum::serve(listener, make_service)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                }
+            }
             .context("server failed")?;
             connections.close();
             if tokio::time::timeout(drain, connections.wait())
@@ -171,13 +222,24 @@ impl Hub {
             follower.abort();
             Ok(())
         });
-        tracing::info!(addr = %local_addr, "serving the page at /, /ws/..., /healthz, /readyz, /metrics");
+        let (http, ws) = if secure {
+            ("https", "wss")
+        } else {
+            ("http", "ws")
+        };
+        tracing::info!(
+            addr = %local_addr,
+            "serving {http}: the page at {http}://{}/, {ws}://{}/ws/..., /healthz, /readyz, /metrics",
+            browsable(local_addr),
+            browsable(local_addr),
+        );
         Ok(Self {
             local_addr,
             shutdown,
             server: Some(server),
             bus: None,
             demo: None,
+            tls: secure,
         })
     }
 
@@ -230,11 +292,16 @@ async fn start_demo(config: &Config, bus: Option<&MemoryBus>) -> anyhow::Result<
                  {:?}; run it on one hub only, and never beside real services on that prefix",
                 config.subject_prefix
             );
+            let options = async_nats::ConnectOptions::new()
+                .name("vwed-hub-demo")
+                .retry_on_initial_connect()
+                .max_reconnects(None);
             Publisher::new(
-                async_nats::ConnectOptions::new()
-                    .name("vwed-hub-demo")
-                    .retry_on_initial_connect()
-                    .max_reconnects(None)
+                config
+                    .nats_security
+                    .security()
+                    .with_url_credentials(url)?
+                    .apply(options)?
                     .connect(server_list(url))
                     .await
                     .context("the demo cannot reach NATS")?,
@@ -249,16 +316,30 @@ async fn start_demo(config: &Config, bus: Option<&MemoryBus>) -> anyhow::Result<
     .context("the demo could not start")
 }
 
-/// Logs what the demo runs and where to watch it.
-async fn announce_demo(demo: &Demo, addr: SocketAddr) {
-    let scenes = demo.scene_ids();
-    let tasks = demo.running_tasks().await;
-    let host = if addr.ip().is_unspecified() {
+/// The port the hub serves on, as it is given to the sockets the hub is about to serve over.
+enum Listening {
+    /// Plain HTTP and WebSocket.
+    Plain(tokio::net::TcpListener),
+    /// HTTPS and WSS only.
+    Tls(TlsListener),
+}
+
+/// `addr` as a browser on this machine reaches it (`localhost` for an unspecified address).
+fn browsable(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
         format!("localhost:{}", addr.port())
     } else {
         addr.to_string()
-    };
+    }
+}
+
+/// Logs what the demo runs and where to watch it.
+async fn announce_demo(demo: &Demo, addr: SocketAddr, tls: bool) {
+    let scenes = demo.scene_ids();
+    let tasks = demo.running_tasks().await;
+    let host = browsable(addr);
+    let scheme = if tls { "https" } else { "http" };
     let first_scene = scenes.first().map(String::as_str).unwrap_or_default();
     tracing::info!(scenes = ?scenes, tasks = ?tasks, "demo running");
-    tracing::info!("open http://{host}/?scene={first_scene} to watch it");
+    tracing::info!("open {scheme}://{host}/?scene={first_scene} to watch it");
 }

@@ -76,6 +76,9 @@ pub struct Metrics {
     pub broker_connected: Gauge,
     /// Times the broker connection came back after a drop.
     pub broker_reconnects: Counter,
+    /// TLS handshakes that failed or timed out (plain HTTP on the TLS port, untrusted
+    /// certificate, silent clients): a rise after a certificate change points at it.
+    pub tls_handshake_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -95,6 +98,7 @@ impl Default for Metrics {
             events_stale: Counter::default(),
             broker_connected: Gauge::default(),
             broker_reconnects: Counter::default(),
+            tls_handshake_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -162,6 +166,11 @@ impl Default for Metrics {
             "broker_reconnects",
             "Broker reconnections",
             metrics.broker_reconnects.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            metrics.tls_handshake_failures.clone(),
         );
         Self {
             registry,

@@ -45,6 +45,12 @@
 //! started without `--nats-url` (its `--demo` publishes there), and a service's own tests can use
 //! one to run without a server.
 //!
+//! ## Secured NATS
+//!
+//! A server that wants credentials (user and password, token, nkey, `.creds`) or TLS (a private
+//! CA, client certificates) is reached by applying a [`NatsSecurity`] to the connect options; the
+//! hub and the demo take the same settings from their `--nats-*` flags. See [`security`].
+//!
 //! ## Example
 //!
 //! A task engine that appends a result and answers snapshots from its in-memory state
@@ -103,6 +109,7 @@ pub mod memory;
 mod publisher;
 mod responder;
 pub mod rev;
+pub mod security;
 pub mod subject;
 pub mod wire;
 
@@ -110,6 +117,7 @@ pub use memory::MemoryBus;
 pub use publisher::Publisher;
 pub use responder::SnapshotResponder;
 pub use rev::HybridClock;
+pub use security::{NatsSecurity, SecurityError};
 pub use subject::{decode_key, encode_key, Subjects};
 pub use wire::{
     timestamp_now, LocationStatus, SceneChange, SceneEvent, SceneSnapshot, SnapshotReply,

@@ -274,14 +274,14 @@ async fn a_connection_closes_when_its_token_expires(kind: BrokerKind) {
     let broker = TestBroker::start(kind).await;
     let owner = seeded_owner(&broker).await;
     let hub = hub_with_secret(&broker, |c| c.jwt_leeway = Duration::ZERO).await;
-    let short = hs256(&json!({ "tasks": ["t-1"], "exp": epoch_in(2) }));
-    let mut client = Client::connect(
-        &hub,
-        &format!("/ws/task-execution-broadcast/t-1?token={short}"),
-    )
-    .await;
-    owner.append("t-1", "[a] 2", TaskStatus::Running).await;
+    let short = hs256(&json!({ "tasks": ["t-1"], "exp": epoch_in(3) }));
+    let mut client =
+        Client::connect(&hub, &format!("/ws/task-execution/t-1?token={short}&interval=1")).await;
     client.next_of_type("task_execution_update").await;
+    // Served as usual until the token expires.
+    owner.append("t-1", "[a] 2", TaskStatus::Running).await;
+    let update = client.next_of_type("task_execution_update").await;
+    assert_eq!(update["data"], owner.task_data("t-1").await);
     let error = tokio::time::timeout(Duration::from_secs(5), client.next_of_type("error"))
         .await
         .expect("the token expires within seconds");

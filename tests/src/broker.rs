@@ -22,7 +22,7 @@ pub enum BrokerKind {
 /// A running broker of either kind.
 pub enum TestBroker {
     /// A real server, which tests may also stop and restart.
-    Nats(Nats),
+    Nats(Box<Nats>),
     /// A bus shared by the hub and the owner, both in this process.
     Memory(MemoryBus),
 }
@@ -31,7 +31,7 @@ impl TestBroker {
     /// Starts a broker of `kind`.
     pub async fn start(kind: BrokerKind) -> Self {
         match kind {
-            BrokerKind::Nats => Self::Nats(Nats::start().await),
+            BrokerKind::Nats => Self::Nats(Box::new(Nats::start().await)),
             BrokerKind::Memory => Self::Memory(MemoryBus::new()),
         }
     }

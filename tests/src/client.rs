@@ -77,6 +77,16 @@ impl Client {
         Self { ws }
     }
 
+    /// Connects over `tls` (a TLS connection to the hub) to `path`, as `wss://localhost`.
+    pub async fn connect_over_tls(
+        tls: tokio_rustls::client::TlsStream<TcpStream>,
+        path: &str,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let url = format!("wss://localhost{path}");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Rustls(tls)).await?;
+        Ok(Self { ws })
+    }
+
     /// Connects to a full `ws://` URL.
     pub async fn connect_url(url: &str) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(url)

@@ -6,8 +6,10 @@ pub mod broker;
 pub mod browser;
 pub mod client;
 pub mod cluster;
+pub mod creds;
 pub mod nats;
 pub mod owner;
+pub mod pki;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -57,12 +59,18 @@ impl TestHub {
 
     /// The hub on `broker`, with `adjust` applied to the configuration.
     pub async fn start_with(broker: &TestBroker, adjust: impl FnOnce(&mut HubConfig)) -> Self {
-        let test_hub = match broker.hub_broker() {
-            Some(embedded) => Self::launch_on(embedded, adjust).await,
-            None => Self::launch(&broker.nats_url().unwrap_or_default(), adjust).await,
-        };
+        let test_hub = Self::launch_with(broker, adjust).await;
         test_hub.wait_until_ready().await;
         test_hub
+    }
+
+    /// Like [`start_with`](Self::start_with), without waiting until the hub is ready (e.g.
+    /// because it serves TLS, which the plain probe cannot read).
+    pub async fn launch_with(broker: &TestBroker, adjust: impl FnOnce(&mut HubConfig)) -> Self {
+        match broker.hub_broker() {
+            Some(embedded) => Self::launch_on(embedded, adjust).await,
+            None => Self::launch(&broker.nats_url().unwrap_or_default(), adjust).await,
+        }
     }
 
     /// The hub against the NATS at `nats_url`, without waiting for it to connect.
@@ -170,7 +178,15 @@ pub fn free_port() -> u16 {
 /// A minimal HTTP/1.1 exchange: returns the status code and the body (read up to its
 /// `Content-Length`, or to the end). Raw on purpose, so tests control every header the hub sees.
 pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    http_exchange(stream, request).await
+}
+
+/// [`http_request`] over any connection, e.g. TLS.
+pub async fn http_exchange<S>(mut stream: S, request: &str) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
     let mut chunk = [0u8; 8192];

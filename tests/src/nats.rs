@@ -1,5 +1,6 @@
 //! A real `nats-server` process, on a port of its own, that tests can stop and start again.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -10,6 +11,9 @@ use tokio::process::{Child, Command};
 pub struct Nats {
     port: u16,
     child: Option<Child>,
+    /// A configuration file (authorization, TLS, ...) the server reads; the port and address
+    /// given on the command line win over it.
+    config: Option<PathBuf>,
 }
 
 impl Nats {
@@ -18,6 +22,21 @@ impl Nats {
         let mut nats = Self {
             port: crate::free_port(),
             child: None,
+            config: None,
+        };
+        nats.launch().await;
+        nats
+    }
+
+    /// Starts a server that reads `config` (nats-server's configuration syntax, e.g.
+    /// `authorization { token: "t" }`), written for it into `dir`.
+    pub async fn start_with_config(dir: &std::path::Path, config: &str) -> Self {
+        let path = dir.join("nats-server.conf");
+        std::fs::write(&path, config).expect("write the nats-server configuration");
+        let mut nats = Self {
+            port: crate::free_port(),
+            child: None,
+            config: Some(path),
         };
         nats.launch().await;
         nats
@@ -42,7 +61,11 @@ impl Nats {
     }
 
     async fn launch(&mut self) {
-        let child = Command::new("nats-server")
+        let mut command = Command::new("nats-server");
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -5,6 +5,7 @@
 //! request/reply for snapshots, and word of connection changes and lost messages (after which
 //! every served key is re-snapshotted, since events may have been missed).
 
+mod flags;
 mod memory;
 mod nats;
 
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use tokio::sync::broadcast;
 
+pub use flags::NatsFlags;
 pub use memory::MemoryBroker;
 pub use nats::{server_list, NatsBroker};
 

@@ -1,12 +1,15 @@
 //! The broker on a NATS server or cluster.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::{client::RequestErrorKind, connection::State, ConnectOptions, Event};
+use async_nats::{client::RequestErrorKind, connection::State, ClientError, ConnectOptions, Event};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::broadcast;
+use vwed_publisher::{NatsSecurity, SecurityError};
 
 use super::{Broker, BrokerError, BrokerEvent, Subscription};
 
@@ -19,6 +22,10 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest wait between two reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
+/// The wait between attempts while the server refuses the credentials: a mistake an operator
+/// fixes by hand, so retrying faster would only fill both sides' logs.
+const AUTH_RETRY_DELAY: Duration = Duration::from_secs(30);
+
 /// A NATS connection; async-nats reconnects and resubscribes on its own.
 pub struct NatsBroker {
     /// The connection every subscription and request uses.
@@ -28,41 +35,118 @@ pub struct NatsBroker {
 }
 
 impl NatsBroker {
-    /// Connects to `url` (a comma-separated list of servers is fine). Returns at once; when the
-    /// servers are unreachable the connection is made in the background and the broker reports
-    /// itself disconnected until then.
-    pub async fn connect(url: &str) -> Result<Self, async_nats::ConnectError> {
+    /// Connects to `url` (a comma-separated list of servers is fine) as `security` says.
+    /// Returns at once; when the servers are unreachable the connection is made in the
+    /// background and the broker reports itself disconnected until then. Fails only on
+    /// settings that can never work (conflicting, unreadable or invalid files).
+    pub async fn connect(url: &str, security: &NatsSecurity) -> Result<Self, ConnectFailure> {
         let (events, _) = broadcast::channel(64);
         let sender = events.clone();
-        let client = ConnectOptions::new()
+        // Set when the server refused the credentials, so the next attempts wait longer.
+        let refused = Arc::new(AtomicBool::new(false));
+        let refused_for_delay = refused.clone();
+        let reporter = Arc::new(Mutex::new(FailureReporter::default()));
+        let options = ConnectOptions::new()
             .name("vwed-hub")
             .retry_on_initial_connect()
             .max_reconnects(None)
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
-            .reconnect_delay_callback(|attempts| {
+            .reconnect_delay_callback(move |attempts| {
+                if refused_for_delay.load(Ordering::Relaxed) {
+                    return AUTH_RETRY_DELAY;
+                }
                 let exponent = u32::try_from(attempts.min(8)).unwrap_or(8);
                 (Duration::from_millis(50) * 2u32.pow(exponent)).min(MAX_RECONNECT_DELAY)
             })
             .event_callback(move |event| {
-                let sender = sender.clone();
+                let (sender, refused, reporter) =
+                    (sender.clone(), refused.clone(), reporter.clone());
                 async move {
-                    let mapped = match event {
+                    let mapped = match &event {
                         Event::Connected => Some(BrokerEvent::Connected),
                         Event::Disconnected => Some(BrokerEvent::Disconnected),
                         Event::SlowConsumer(_) => Some(BrokerEvent::MessagesLost),
                         _ => None,
                     };
-                    tracing::info!(%event, "nats");
+                    match &event {
+                        Event::ClientError(ClientError::Other(reason)) => {
+                            let auth = is_auth_failure(reason);
+                            refused.store(auth, Ordering::Relaxed);
+                            report_failure(&reporter, reason, auth);
+                        }
+                        Event::ServerError(error) => {
+                            tracing::warn!(%error, "nats server error");
+                        }
+                        Event::Connected => {
+                            refused.store(false, Ordering::Relaxed);
+                            if let Ok(mut reporter) = reporter.lock() {
+                                reporter.last = None;
+                            }
+                            tracing::info!(%event, "nats");
+                        }
+                        _ => tracing::info!(%event, "nats"),
+                    }
                     if let Some(mapped) = mapped {
                         // Nobody listening is fine: then nobody needs to know.
                         let _ = sender.send(mapped);
                     }
                 }
-            })
-            .connect(server_list(url))
-            .await?;
+            });
+        let client = security.apply(options)?.connect(server_list(url)).await?;
         Ok(Self { client, events })
     }
+}
+
+/// Why the NATS connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    /// The security settings cannot work.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The URL or options were refused by the client.
+    #[error(transparent)]
+    Connect(#[from] async_nats::ConnectError),
+}
+
+/// Remembers the last connection failure, so that the same failure repeated on every retry
+/// is logged once (at warn) and then only at debug, until the connection succeeds.
+#[derive(Debug, Default)]
+struct FailureReporter {
+    /// The last failure logged at warn.
+    last: Option<String>,
+}
+
+fn report_failure(reporter: &Mutex<FailureReporter>, reason: &str, auth: bool) {
+    let first = match reporter.lock() {
+        Ok(mut reporter) if reporter.last.as_deref() != Some(reason) => {
+            reporter.last = Some(reason.to_owned());
+            true
+        }
+        Ok(_) => false,
+        // Nothing can panic while holding it; at worst the line is repeated.
+        Err(_) => true,
+    };
+    if !first {
+        tracing::debug!(reason, "nats: connection attempt failed again");
+    } else if auth {
+        tracing::warn!(
+            reason,
+            retry = ?AUTH_RETRY_DELAY,
+            "nats: the server refused the hub's credentials; check --nats-user and \
+             --nats-password, --nats-token, --nats-nkey or --nats-creds against the server's \
+             configuration. Retrying quietly"
+        );
+    } else {
+        tracing::warn!(reason, "nats: cannot connect; retrying quietly");
+    }
+}
+
+/// Whether a connection failure means the server refused who we are.
+fn is_auth_failure(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    reason.contains("authorization violation")
+        || reason.contains("authentication")
+        || reason.contains("failed signing nonce")
 }
 
 /// The servers of a comma-separated list (async-nats itself takes one URL per string).
