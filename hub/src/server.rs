@@ -22,9 +22,10 @@ use crate::ws::{connection, endpoint, ConnectionSettings, Endpoint};
 /// Largest client frame or message accepted; larger ones close the connection with 1009.
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
-/// Per-connection read buffer. Clients send little, so a small buffer keeps idle connections
-/// cheap (tungstenite's default is 128 KiB).
-const READ_BUFFER: usize = 4 * 1024;
+/// Per-connection read buffer, allocated with the connection. Clients send little (`ping`,
+/// `get_status`), so a small one keeps idle connections cheap; a larger message grows it as
+/// needed. tungstenite's default is 128 KiB.
+const READ_BUFFER: usize = 1024;
 
 /// Bytes gathered before a write reaches the socket; flushes send the rest.
 const WRITE_BUFFER: usize = 16 * 1024;
@@ -133,7 +134,10 @@ async fn websocket(
                     .await;
                 }
                 Err(rejection) => {
-                    connection::refuse(socket, endpoint, &raw_id, rejection, peer, &metrics).await;
+                    let refusal =
+                        connection::refuse(socket, endpoint, &raw_id, rejection, peer, &metrics);
+                    // Boxed: a refusal is rare, and would otherwise size every connection's task.
+                    Box::pin(refusal).await;
                 }
             }
         })

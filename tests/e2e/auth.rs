@@ -275,8 +275,11 @@ async fn a_connection_closes_when_its_token_expires(kind: BrokerKind) {
     let owner = seeded_owner(&broker).await;
     let hub = hub_with_secret(&broker, |c| c.jwt_leeway = Duration::ZERO).await;
     let short = hs256(&json!({ "tasks": ["t-1"], "exp": epoch_in(3) }));
-    let mut client =
-        Client::connect(&hub, &format!("/ws/task-execution/t-1?token={short}&interval=1")).await;
+    let mut client = Client::connect(
+        &hub,
+        &format!("/ws/task-execution/t-1?token={short}&interval=1"),
+    )
+    .await;
     client.next_of_type("task_execution_update").await;
     // Served as usual until the token expires.
     owner.append("t-1", "[a] 2", TaskStatus::Running).await;

@@ -256,7 +256,10 @@ pub async fn serve(
     let endpoint = watch.endpoint.segment();
     if !fanout.context.broker.is_connected() {
         let rejection = Rejection::broker_unavailable();
-        return refuse_key(socket, watch.endpoint, &watch.id, rejection, peer, &metrics).await;
+        let refusal = refuse_key(socket, watch.endpoint, &watch.id, rejection, peer, &metrics);
+        // Boxed, as the close below: rare paths that would otherwise size every connection's
+        // task for as long as it lives.
+        return Box::pin(refusal).await;
     }
 
     let (outbox, inbox) = outbox(settings.queue_capacity, metrics.clone());
@@ -300,7 +303,7 @@ pub async fn serve(
     gauge.dec();
     let (code, closed_by) = match (ending, client_close) {
         (Ending::Close(code, reason), _) => {
-            close_socket(socket, code, reason, settings.write_timeout).await;
+            Box::pin(close_socket(socket, code, reason, settings.write_timeout)).await;
             (Some(code), "hub")
         }
         (Ending::Gone, Some(code)) => (Some(code), "client"),
