@@ -814,6 +814,10 @@ fn rows() -> Vec<Row> {
             vec![Step::Send(text("[1,2]")), invalid_json(), Step::Open],
         ),
         message(
+            "a JSON array that reads as a ping by position",
+            vec![Step::Send(text(r#"["ping"]"#)), invalid_json(), Step::Open],
+        ),
+        message(
             "type not a string",
             vec![
                 Step::Send(text(r#"{"type":1}"#)),
