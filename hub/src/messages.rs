@@ -173,6 +173,14 @@ pub fn parse_client_text(text: &str) -> Result<ClientRequest, ClientMessageError
     if text == "ping" {
         return Ok(ClientRequest::TextPing);
     }
+    // A derived struct also reads a JSON array by position, so `["ping"]` would pass for
+    // `{"type":"ping"}`; the API's requests are objects.
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(ClientMessageError::InvalidJson);
+    }
     let typed: Typed<'_> =
         serde_json::from_str(text).map_err(|_| ClientMessageError::InvalidJson)?;
     match typed.kind.as_ref() {
@@ -261,6 +269,17 @@ mod tests {
         assert_eq!(
             parse_client_text("[1,2]"),
             Err(ClientMessageError::InvalidJson)
+        );
+        for array in [r#"["ping"]"#, r#" ["get_status", 1]"#] {
+            assert_eq!(
+                parse_client_text(array),
+                Err(ClientMessageError::InvalidJson),
+                "{array}"
+            );
+        }
+        assert_eq!(
+            parse_client_text(" \r\n\t{\"type\":\"ping\"}"),
+            Ok(ClientRequest::Ping)
         );
         assert_eq!(
             parse_client_text(r#"{"type":"subscribe"}"#),

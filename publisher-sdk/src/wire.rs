@@ -452,6 +452,14 @@ impl<T: Serialize> SnapshotReply<T> {
 impl<T: serde::de::DeserializeOwned> SnapshotReply<T> {
     /// Parses a reply. A `found: true` reply must hold the whole snapshot.
     pub fn from_json(payload: &[u8]) -> Result<Self, serde_json::Error> {
+        // A derived struct also reads a JSON array by position, so `[false]` would pass for
+        // `{"found":false}`; replies are objects.
+        let first = payload.iter().find(|b| !b" \t\n\r".contains(b));
+        if first != Some(&b'{') {
+            return Err(serde::de::Error::custom(
+                "a snapshot reply must be a JSON object",
+            ));
+        }
         // Two passes keep the error of a broken `found: true` reply precise; replies are rare
         // next to events, so the second parse costs nothing that matters.
         if serde_json::from_slice::<FoundFlag>(payload)?.found {
@@ -585,6 +593,13 @@ mod tests {
             missing
         );
         assert!(SnapshotReply::<TaskSnapshot>::from_json(br#"{"found":true}"#).is_err());
+        for array in [&br#"[false]"#[..], br#" [true,"t",3,[]]"#] {
+            assert!(SnapshotReply::<TaskSnapshot>::from_json(array).is_err());
+        }
+        assert_eq!(
+            SnapshotReply::<TaskSnapshot>::from_json(b"\n {\"found\":false}").ok(),
+            Some(SnapshotReply::NotFound)
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use vwed_e2e::{
-    free_port, http_get, location, on_both_brokers, BrokerKind, Client, Owner, TestBroker, TestHub,
+    eventually, free_port, http_get, location, on_both_brokers, BrokerKind, Client, HubProcess,
+    Owner, TestBroker, TestHub,
 };
 use vwed_publisher::{Publisher, StatusAction, TaskResult, TaskStatus};
 
@@ -168,32 +169,74 @@ async fn malformed_events_are_dropped_and_the_hub_carries_on(kind: BrokerKind) {
     owner
         .seed_task("t-m", vec![TaskResult::now("[a] 1", TaskStatus::Running)])
         .await;
+    owner
+        .seed_task("t-m2", vec![TaskResult::now("[a] 1", TaskStatus::Running)])
+        .await;
     let hub = TestHub::start(&broker).await;
     let mut realtime = Client::connect(&hub, "/ws/task-execution/t-m?interval=1").await;
     let mut broadcast = Client::connect(&hub, "/ws/task-execution-broadcast/t-m").await;
+    // Watches the key the misaddressed event names: it must not get that event either.
+    let mut other = Client::connect(&hub, "/ws/task-execution-broadcast/t-m2").await;
     realtime.next_of_type("task_execution_update").await;
-    hub.wait_for_subscriptions(1).await;
+    hub.wait_for_subscriptions(2).await;
 
     let publisher = owner.publisher();
     let subject = owner.publisher().subjects().task_events("t-m");
-    let garbage: [&[u8]; 7] = [
-        b"not json",
-        b"{}",
-        br#"{"task_record_id":"t-m","op":"append","index":1,"results":[]}"#,
-        br#"{"task_record_id":"t-m","rev":"9","op":"replace","results":[]}"#,
-        br#"{"task_record_id":"t-m","rev":99999999999999999,"op":"replace","results":[{"status":"DONE"}]}"#,
-        br#"{"task_record_id":"other","rev":99999999999999999,"op":"replace","results":[]}"#,
-        &[0xff, 0xfe, 0x00],
-    ];
-    for payload in garbage {
-        raw_publish(publisher, subject.clone(), payload).await;
-    }
-    let huge = format!(
+    // A result list that fills a payload to just under NATS's 1 MiB limit, valid up to its
+    // last entry: the parser reads nearly all of it before it finds the fault.
+    let near_limit = {
+        let head = r#"{"task_record_id":"t-m","rev":99999999999999999,"op":"replace","results":["#;
+        let tail = r#"{"created_at":"x"}]}"#;
+        let entry =
+            r#"{"created_at":"2025-06-11T12:00:00.000Z","context":"y","status":"RUNNING"},"#;
+        let room = vwed_publisher::memory::MAX_PAYLOAD - 64 - head.len() - tail.len();
+        let mut payload = String::from(head);
+        payload.push_str(&entry.repeat(room / entry.len()));
+        payload.push_str(tail);
+        payload
+    };
+    assert!(near_limit.len() > vwed_publisher::memory::MAX_PAYLOAD - 200);
+    assert!(near_limit.len() < vwed_publisher::memory::MAX_PAYLOAD);
+    let huge_but_short_of_fields = format!(
         r#"{{"task_record_id":"t-m","rev":1,"op":"replace","results":[{}]}}"#,
         vec![r#"{"created_at":"x","context":"y"}"#; 20_000].join(",")
     );
-    raw_publish(publisher, subject, huge.as_bytes()).await;
+    let malformed: Vec<&[u8]> = vec![
+        // Not JSON at all.
+        b"not json",
+        &[0xff, 0xfe, 0x00],
+        b"",
+        b"{\"task_record_id\":\"t-m\",\"rev\":5,",
+        // JSON, but not an object.
+        b"[]",
+        br#"[{"task_record_id":"t-m","rev":5,"op":"replace","results":[]}]"#,
+        b"42",
+        br#""t-m""#,
+        b"null",
+        b"true",
+        // An object of the wrong shape.
+        b"{}",
+        br#"{"task_record_id":"t-m","op":"append","index":1,"results":[]}"#,
+        br#"{"task_record_id":"t-m","rev":"9","op":"replace","results":[]}"#,
+        br#"{"task_record_id":"t-m","rev":-1,"op":"replace","results":[]}"#,
+        br#"{"task_record_id":"t-m","rev":1.5,"op":"replace","results":[]}"#,
+        br#"{"task_record_id":7,"rev":5,"op":"replace","results":[]}"#,
+        br#"{"task_record_id":"t-m","rev":5,"op":"explode","results":[]}"#,
+        br#"{"task_record_id":"t-m","rev":5,"op":"replace","results":{}}"#,
+        br#"{"task_record_id":"t-m","rev":99999999999999999,"op":"replace","results":[{"status":"DONE"}]}"#,
+        near_limit.as_bytes(),
+        huge_but_short_of_fields.as_bytes(),
+    ];
+    let misaddressed: [&[u8]; 2] = [
+        br#"{"task_record_id":"other","rev":99999999999999999,"op":"replace","results":[]}"#,
+        // An event for t-m2, which has a client on this hub, on t-m's subject.
+        br#"{"task_record_id":"t-m2","rev":99999999999999999,"op":"replace","results":[]}"#,
+    ];
+    for payload in malformed.iter().chain(&misaddressed) {
+        raw_publish(publisher, subject.clone(), payload).await;
+    }
     broadcast.expect_silence(Duration::from_millis(800)).await;
+    other.expect_silence(Duration::from_millis(100)).await;
     realtime.expect_silence(Duration::from_millis(1500)).await;
 
     owner.append("t-m", "[b] 2", TaskStatus::Success).await;
@@ -201,16 +244,97 @@ async fn malformed_events_are_dropped_and_the_hub_carries_on(kind: BrokerKind) {
     assert_eq!(event["data"][0]["context"], "[b] 2");
     let update = realtime.next_of_type("task_execution_update").await;
     assert_eq!(update["data"], owner.task_data("t-m").await);
-    assert!(
+    other.expect_silence(Duration::from_millis(100)).await;
+    // Events of one subject arrive in order, so every refusal is counted by now.
+    assert_eq!(
         hub.metric(r#"vwed_hub_events_rejected_total{kind="task",reason="malformed"}"#)
-            .await
-            >= 7.0
+            .await,
+        malformed.len() as f64
     );
     assert_eq!(
         hub.metric(r#"vwed_hub_events_rejected_total{kind="task",reason="wrong_key"}"#)
             .await,
-        1.0
+        misaddressed.len() as f64
     );
+}
+
+/// The hub logs the first refused payload of each key and cause at warn, and the rest at debug,
+/// so a broken publisher cannot flood the log. Shown on the hub binary's JSON log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_payload_is_logged_once_per_key_and_cause() {
+    let broker = TestBroker::start(BrokerKind::Nats).await;
+    let owner = Owner::start(&broker).await;
+    for task in ["t-log-a", "t-log-b"] {
+        owner
+            .seed_task(task, vec![TaskResult::now("[a] 1", TaskStatus::Running)])
+            .await;
+    }
+    let hub = HubProcess::start(
+        env!("CARGO_BIN_EXE_vwed-hub-under-test"),
+        "resilience-refusals-logged-once",
+        &broker.nats_url().unwrap_or_default(),
+        &[],
+    )
+    .await;
+    let mut clients = Vec::new();
+    for task in ["t-log-a", "t-log-b"] {
+        let mut client =
+            Client::connect_url(&hub.url(&format!("/ws/task-execution-broadcast/{task}"))).await;
+        client.assert_alive().await;
+        clients.push(client);
+    }
+    eventually("the hub subscribes to both tasks", || async {
+        hub.metric("vwed_hub_broker_subscriptions").await == 2.0
+    })
+    .await;
+
+    let publisher = owner.publisher();
+    let subjects = publisher.subjects();
+    let wrong_key = br#"{"task_record_id":"elsewhere","rev":5,"op":"replace","results":[]}"#;
+    for _ in 0..3 {
+        raw_publish(publisher, subjects.task_events("t-log-a"), b"not json").await;
+        raw_publish(publisher, subjects.task_events("t-log-a"), wrong_key).await;
+        raw_publish(publisher, subjects.task_events("t-log-b"), b"[]").await;
+    }
+    // Once each client has a good event after the bad ones, the hub has seen them all.
+    for (task, client) in ["t-log-a", "t-log-b"].into_iter().zip(&mut clients) {
+        owner.append(task, "[b] 2", TaskStatus::Success).await;
+        client.next_of_type("task_execution_update").await;
+    }
+    assert_eq!(
+        hub.metric(r#"vwed_hub_events_rejected_total{kind="task",reason="malformed"}"#)
+            .await,
+        6.0
+    );
+    assert_eq!(
+        hub.metric(r#"vwed_hub_events_rejected_total{kind="task",reason="wrong_key"}"#)
+            .await,
+        3.0
+    );
+
+    let log = std::fs::read_to_string(hub.log()).expect("the hub's log");
+    let mut warned: Vec<(String, String)> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| {
+            entry["level"] == "WARN"
+                && entry["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("refused a payload"))
+        })
+        .map(|entry| {
+            let field = |name: &str| entry[name].as_str().unwrap_or_default().to_owned();
+            (field("id"), field("cause"))
+        })
+        .collect();
+    warned.sort();
+    let expected = [
+        ("t-log-a", "malformed"),
+        ("t-log-a", "wrong_key"),
+        ("t-log-b", "malformed"),
+    ]
+    .map(|(id, cause)| (id.to_owned(), cause.to_owned()));
+    assert_eq!(warned, expected, "see {}", hub.log().display());
 }
 
 #[tokio::test(flavor = "multi_thread")]

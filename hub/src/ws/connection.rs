@@ -25,6 +25,8 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The hub is shutting down; reconnect elsewhere.
     pub const GOING_AWAY: u16 = 1001;
+    /// A text message that is not UTF-8 (RFC 6455 section 7.4.1).
+    pub const INVALID_DATA: u16 = 1007;
     /// Invalid parameters or not authorised.
     pub const POLICY: u16 = 1008;
     /// A client frame over the size limit.
@@ -587,6 +589,9 @@ fn read_error(error: axum::Error) -> Ending {
     let inner = error.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => Ending::Close(close::TOO_BIG, "message too big"),
+        // The client is there and talking, just not in UTF-8: tell it why, rather than hang up
+        // as if the network had failed.
+        Some(tungstenite::Error::Utf8(_)) => Ending::Close(close::INVALID_DATA, "invalid UTF-8"),
         // A peer that vanished (killed, network gone) is no protocol error of the client's.
         Some(tungstenite::Error::Protocol(
             tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
