@@ -221,11 +221,14 @@ impl Auth {
             return Ok(Grant::everything());
         };
         let token = presented_token(headers, query).ok_or(Denied::Missing)?;
-        // A header that does not parse is most often an algorithm this library does not know
-        // (`none`); told apart here, since afterwards the same error means bad claims.
-        jsonwebtoken::decode_header(&token).map_err(|error| match error.kind() {
-            ErrorKind::Json(_) => Denied::Invalid("签名算法不被接受"),
-            _ => Denied::Invalid("格式错误"),
+        // Told apart here, since afterwards the same JSON error means bad claims: a header
+        // that names an algorithm this library does not know (`none`) from one that is junk.
+        jsonwebtoken::decode_header(&token).map_err(|_| {
+            if names_an_algorithm(&token) {
+                Denied::Invalid("签名算法不被接受")
+            } else {
+                Denied::Invalid("格式错误")
+            }
         })?;
         let claims = jsonwebtoken::decode::<Claims>(&token, &verifier.key, &verifier.validation)
             .map_err(|error| refusal(error.kind()))?
@@ -313,6 +316,17 @@ fn presented_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
         .or_else(from_subprotocol)
         .or_else(from_query)
         .filter(|token| !token.is_empty())
+}
+
+/// Whether the token's header is a JSON object with a string `alg`.
+fn names_an_algorithm(token: &str) -> bool {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()
+        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+        .is_some_and(|header| header.get("alg").is_some_and(serde_json::Value::is_string))
 }
 
 /// What to tell a client whose token failed `jsonwebtoken`'s checks.

@@ -16,7 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use vwed_e2e::{location, BrokerKind, Client, Owner, Received, TestBroker, TestHub, PATIENCE};
+use vwed_e2e::{
+    location, tokens, BrokerKind, Client, Owner, Received, TestBroker, TestHub, PATIENCE,
+};
 use vwed_hub::ws::Endpoint;
 use vwed_publisher::{TaskResult, TaskStatus};
 
@@ -429,9 +431,12 @@ struct Canary {
 }
 
 impl Canary {
-    async fn start(hub: &TestHub) -> Self {
-        let mut client =
-            Client::connect(hub, &format!("/ws/task-execution-broadcast/{CANARY}")).await;
+    async fn start(hub: &TestHub, query: &str) -> Self {
+        let mut client = Client::connect(
+            hub,
+            &format!("/ws/task-execution-broadcast/{CANARY}{query}"),
+        )
+        .await;
         let (sender, received) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
@@ -989,9 +994,7 @@ fn rows() -> Vec<Row> {
             b"GET /ws/task-execution/h-task HTTP/1.1\r\nHost: hostile.test\r\nUpgrade: webs",
         )
         .no_answer(Duration::from_secs(2)),
-        // Rows with forged JWTs (alg none, a wrong key, expired, a token for another task) go
-        // here once authentication lands: `.header("Authorization", "Bearer ...")` or
-        // `.query("access_token", ...)`, each with its exact HTTP status or `error` and close.
+        // Forged and stale tokens: `token_rows`, on a hub that requires tokens.
     ]
 }
 
@@ -1022,12 +1025,39 @@ async fn hostile_input_is_answered_exactly_and_harms_no_one() {
         .seed_scene("a.b", vec![location("a.b", "l-1", "A1", "S1", 1)])
         .await;
     let hub = TestHub::start_with(&broker, |c| c.ping_interval = PING_INTERVAL).await;
-    let mut canary = Canary::start(&hub).await;
-    hub.wait_for_subscriptions(1).await;
-    canary.still_hears(&owner, "the start").await;
-
     let rows = rows();
     assert!(rows.len() >= 40, "{} rows", rows.len());
+    run_table(hub, &owner, "", rows).await;
+}
+
+/// Forged, stale and insufficient connection tokens, on a hub that requires them: each gets its
+/// exact `error` and 1008, before any of the key's data, and harms no one.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_tokens_are_answered_exactly_and_harm_no_one() {
+    let broker = TestBroker::start(BrokerKind::Nats).await;
+    let owner = Owner::start(&broker).await;
+    owner
+        .seed_task(
+            "h-task",
+            vec![TaskResult::now("[h] 1", TaskStatus::Running)],
+        )
+        .await;
+    owner.seed_task(CANARY, vec![]).await;
+    let hub = TestHub::start_with(&broker, |c| {
+        c.ping_interval = PING_INTERVAL;
+        c.jwt_secret = Some(tokens::SECRET.parse().expect("a secret"));
+    })
+    .await;
+    let canary_token = tokens::hs256(&tokens::claims(&[], &[CANARY]));
+    run_table(hub, &owner, &format!("?token={canary_token}"), token_rows()).await;
+}
+
+/// Runs `rows` against `hub`, each in a task of its own, checking after each that a canary
+/// (connected with `canary_query`) still hears a fresh event and only it is left open.
+async fn run_table(hub: TestHub, owner: &Owner, canary_query: &str, rows: Vec<Row>) {
+    let mut canary = Canary::start(&hub, canary_query).await;
+    hub.wait_for_subscriptions(1).await;
+    canary.still_hears(owner, "the start").await;
     let hub = Arc::new(hub);
     // Each row runs in a task of its own, so that one failing row still lets the others run
     // and the test reports every row that failed.
@@ -1042,7 +1072,7 @@ async fn hostile_input_is_answered_exactly_and_harms_no_one() {
                 None
             }
         };
-        canary.still_hears(&owner, &name).await;
+        canary.still_hears(owner, &name).await;
         if let Some(mut client) = left_open {
             if let Some(received) = client.next_within(QUIET).await {
                 failures.push(format!(
@@ -1064,7 +1094,96 @@ async fn hostile_input_is_answered_exactly_and_harms_no_one() {
         "the canary's"
     );
     assert_eq!(open_connections(&hub).await, 1.0);
-    canary.still_hears(&owner, "the table").await;
+    canary.still_hears(owner, "the table").await;
+}
+
+/// The token table, for a hub whose secret is [`tokens::SECRET`]. Task `h-task` exists.
+fn token_rows() -> Vec<Row> {
+    let path = "/ws/task-execution/h-task";
+    let refused = |message: &str, reason_code: u16| {
+        vec![
+            Step::Error {
+                id: "h-task".into(),
+                message: message.to_owned(),
+            },
+            Step::Close(reason_code),
+        ]
+    };
+    let missing =
+        "缺少访问令牌: 请通过 token 参数、Authorization: Bearer 请求头或 bearer.<令牌> 子协议提供";
+    let everything = tokens::claims(&["*"], &["*"]);
+    let other_key =
+        jsonwebtoken::EncodingKey::from_secret(b"another secret, just as long as ours!");
+    let forged_signature = tokens::signed(&everything, jsonwebtoken::Algorithm::HS256, &other_key);
+    vec![
+        Row::ws("no token", path).then(refused(missing, 1008)),
+        Row::ws("an empty ?token=", path)
+            .query("token", "")
+            .then(refused(missing, 1008)),
+        Row::ws("Authorization: Basic, not Bearer", path)
+            .header("Authorization", "Basic dXNlcjpwYXNz")
+            .then(refused(missing, 1008)),
+        Row::ws("alg none in the query", path)
+            .query("token", tokens::unsigned(&everything))
+            .then(refused("访问令牌无效: 签名算法不被接受", 1008)),
+        Row::ws("alg none as a Bearer header", path)
+            .header(
+                "Authorization",
+                format!("Bearer {}", tokens::unsigned(&everything)),
+            )
+            .then(refused("访问令牌无效: 签名算法不被接受", 1008)),
+        Row::ws("signed with another key", path)
+            .query("token", forged_signature.clone())
+            .then(refused("访问令牌无效: 签名不符", 1008)),
+        Row::ws("a forged token as a subprotocol", path)
+            .header(
+                "Sec-WebSocket-Protocol",
+                format!("vwed, bearer.{forged_signature}"),
+            )
+            .then(refused("访问令牌无效: 签名不符", 1008)),
+        Row::ws("expired an hour ago", path)
+            .query(
+                "token",
+                tokens::hs256(
+                    &serde_json::json!({ "tasks": ["*"], "exp": tokens::epoch_in(-3600) }),
+                ),
+            )
+            .then(refused("访问令牌已过期", 1008)),
+        Row::ws("not valid for an hour", path)
+            .query(
+                "token",
+                tokens::hs256(&serde_json::json!({
+                    "tasks": ["*"], "exp": tokens::epoch_in(7200), "nbf": tokens::epoch_in(3600)
+                })),
+            )
+            .then(refused("访问令牌尚未生效", 1008)),
+        Row::ws("a token for another task", path)
+            .query(
+                "token",
+                tokens::hs256(&tokens::claims(&["*"], &["h-other"])),
+            )
+            .then(refused("无权访问该任务记录", 1008)),
+        Row::ws("a token whose claims are the wrong shape", path)
+            .query(
+                "token",
+                tokens::hs256(
+                    &serde_json::json!({ "tasks": {"h-task": true}, "exp": tokens::epoch_in(60) }),
+                ),
+            )
+            .then(refused(
+                "访问令牌无效: 声明格式错误: scenes 与 tasks 须为字符串数组",
+                1008,
+            )),
+        Row::ws("10 KiB of token", path)
+            .query("token", "a".repeat(10 * 1024))
+            .then(refused("访问令牌无效: 格式错误", 1008)),
+        Row::ws("three dots of nothing", path)
+            .query("token", "..")
+            .then(refused("访问令牌无效: 格式错误", 1008)),
+        Row::ws("a valid token for the task", path)
+            .query("token", tokens::hs256(&tokens::claims(&[], &["h-task"])))
+            .then(vec![Step::State, Step::Open]),
+    ]
 }
 
 /// What a row's task panicked with.
