@@ -77,6 +77,15 @@ pub struct Config {
     #[arg(long, env = "VWED_CLIENT_MESSAGE_BURST", default_value_t = 40)]
     pub client_message_burst: u32,
 
+    /// How long a client may take to send a whole HTTP request head (a WebSocket handshake is
+    /// one); a client slower than that, or silent, is disconnected without an answer. The same
+    /// limit closes an HTTP connection left idle that long between requests (a WebSocket
+    /// connection, once open, is kept alive by Pings instead). It keeps clients that open
+    /// sockets and send little or nothing from holding the hub's file descriptors (slowloris),
+    /// which --max-connections, counting WebSocket connections, does not see.
+    #[arg(long, env = "VWED_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
     /// Open connections allowed in all; past it new clients get an `error` and close 1013.
     /// 0: no limit (the process's file-descriptor limit still applies).
     #[arg(long, env = "VWED_MAX_CONNECTIONS", default_value_t = 0)]
@@ -254,6 +263,7 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.subject_prefix, "vwed");
         assert_eq!(config.ping_interval, Duration::from_secs(20));
+        assert_eq!(config.http_header_timeout, Duration::from_secs(10));
     }
 
     #[test]

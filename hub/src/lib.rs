@@ -18,6 +18,7 @@ pub mod messages;
 pub mod metrics;
 pub mod page;
 pub mod process;
+pub mod serve;
 pub mod server;
 pub mod tls;
 pub mod view;
@@ -39,6 +40,7 @@ use crate::broker::{server_list, Broker, MemoryBroker, NatsBroker};
 use crate::config::Config;
 use crate::fanout::{FanOut, TopicContext};
 use crate::metrics::Metrics;
+use crate::serve::HttpSettings;
 use crate::server::AppState;
 use crate::tls::{ServerTls, TlsListener, HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES};
 use crate::ws::admission::{Admission, AdmissionRules};
@@ -190,33 +192,37 @@ impl Hub {
             }
             None => Listening::Plain(listener),
         };
+        let http = HttpSettings {
+            header_read_timeout: config.http_header_timeout,
+        };
         let server = tokio::spawn(async move {
-            let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
-            let stopped = stop.cancelled_owned();
+            // HTTP connections (requests in hand, WebSocket handshakes, idle keep-alives),
+            // tracked apart from the WebSocket connections they become.
+            let requests = TaskTracker::new();
             match listener {
                 Listening::Plain(listener) => {
-                    axum::serve(listener, make_service)
-                        .with_graceful_shutdown(stopped)
-                        .await
-                }
-                Listening::Tls(listener) => {
-                    // A no-op tap, through which axum's connect info names the peer of a
-                    // listener of the hub's own.
                     let listener = axum::serve::ListenerExt::tap_io(
                         listener,
-                        (|_| {}) as fn(&mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>),
+                        |stream: &mut tokio::net::TcpStream| serve::no_delay(stream),
                     );
-                    axum::serve(listener, make_service)
-                        .with_graceful_shutdown(stopped)
-                        .await
+                    serve::serve(listener, app, http, stop, requests.clone()).await
+                }
+                // The TLS listener sets TCP_NODELAY itself, before the handshake.
+                Listening::Tls(listener) => {
+                    serve::serve(listener, app, http, stop, requests.clone()).await
                 }
             }
-            .context("server failed")?;
-            connections.close();
-            if tokio::time::timeout(drain, connections.wait())
-                .await
-                .is_err()
-            {
+            // The port is closed now. Requests in hand finish first (a WebSocket handshake
+            // among them becomes a connection to close), then the WebSocket connections close,
+            // all within the drain limit, so that no client can hold up the exit.
+            let drained = tokio::time::timeout(drain, async {
+                requests.close();
+                requests.wait().await;
+                connections.close();
+                connections.wait().await;
+            })
+            .await;
+            if drained.is_err() {
                 tracing::warn!(?drain, "some connections did not close in time");
             }
             follower.abort();

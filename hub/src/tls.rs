@@ -250,8 +250,8 @@ async fn next_hangup(_: &mut Hangup) -> Option<()> {
     std::future::pending().await
 }
 
-/// A listener for `axum::serve` that hands over connections only once their TLS handshake is
-/// done. A background task accepts TCP connections and gives each handshake a task of its
+/// A listener for [`crate::serve::serve`] that hands over connections only once their TLS
+/// handshake is done. A background task accepts TCP connections and gives each handshake a task of its
 /// own with a time limit, so one silent client cannot hold up the others.
 pub struct TlsListener {
     /// Connections ready to serve, from the handshake tasks.
@@ -339,6 +339,8 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Before the handshake, which is several small messages too.
+        crate::serve::no_delay(&stream);
         let Ok(permit) = handshakes.pending.clone().try_acquire_owned() else {
             handshakes.metrics.tls_handshake_failures.inc();
             tracing::debug!(%peer, "too many TLS handshakes in progress: connection closed");

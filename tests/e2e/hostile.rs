@@ -1,8 +1,8 @@
 //! Hostile input, shown harmless: one table of what a client may throw at the hub (odd ids,
 //! bad parameters, broken JSON, oversized and malformed frames, floods, broken handshakes,
-//! stalled sockets) and exactly what the hub answers each with. After every row a canary client,
-//! connected before the table starts, must still receive a freshly published event, and the
-//! hub must hold no connection but the canary's.
+//! stalled sockets, slow and silent HTTP clients) and exactly what the hub answers each with.
+//! After every row a canary client, connected before the table starts, must still receive a
+//! freshly published event, and the hub must hold no connection but the canary's.
 //!
 //! Rows talk to the hub byte by byte over raw TCP ([`RawSocket`]), so they can send what no
 //! WebSocket library would: invalid UTF-8 in the request line, unmasked or half frames, a
@@ -25,6 +25,10 @@ use vwed_publisher::{TaskResult, TaskStatus};
 /// The hub's Ping period in this test: short, so that a stalled client is dropped (after three
 /// silent periods) within seconds.
 const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The hub's HTTP header-read timeout in this test: short, so that a slow or silent client, or
+/// an idle keep-alive, is disconnected within seconds.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a row's client listens to be sure nothing more comes.
 const QUIET: Duration = Duration::from_millis(150);
@@ -58,6 +62,9 @@ struct Row {
     headers: Vec<(String, Option<Vec<u8>>)>,
     /// Bytes sent instead of a request built from the fields above.
     raw_request: Option<Vec<u8>>,
+    /// When set, the request is written a byte at a time with this pause after each, as a
+    /// slowloris client writes it.
+    trickle: Option<Duration>,
     /// What the hub must answer.
     expect: Expect,
 }
@@ -68,8 +75,14 @@ enum Expect {
     Http(u16, &'static str),
     /// The upgrade succeeds; then each step in order.
     Upgraded(Vec<Step>),
-    /// Nothing at all, for as long as the row waits: the hub neither answers nor hangs up.
-    NoAnswer(Duration),
+    /// The hub sends nothing but `answer` (the start of its response, if any), and hangs up
+    /// no sooner than `after` (a slow client gets its time) and no later than `within`, both
+    /// counted from the connection.
+    HungUp {
+        answer: Option<&'static str>,
+        after: Duration,
+        within: Duration,
+    },
 }
 
 /// One step of a row after the upgrade: something to send, or something the hub must send.
@@ -106,6 +119,7 @@ impl Row {
             query: Vec::new(),
             headers: Vec::new(),
             raw_request: None,
+            trickle: None,
             expect: Expect::Upgraded(Vec::new()),
         }
     }
@@ -149,8 +163,20 @@ impl Row {
         self
     }
 
-    fn no_answer(mut self, wait: Duration) -> Self {
-        self.expect = Expect::NoAnswer(wait);
+    fn trickle(mut self, pause: Duration) -> Self {
+        self.trickle = Some(pause);
+        self
+    }
+
+    /// The hub hangs up on the row's client once the header-read timeout has passed, after
+    /// sending `answer` (the start of a response) or nothing.
+    fn hung_up_on_timeout(mut self, answer: Option<&'static str>) -> Self {
+        self.expect = Expect::HungUp {
+            answer,
+            // The hub starts its clock a moment after the client's.
+            after: HEADER_TIMEOUT * 3 / 4,
+            within: HEADER_TIMEOUT + PATIENCE,
+        };
         self
     }
 
@@ -498,11 +524,16 @@ async fn open_connections(hub: &TestHub) -> f64 {
 /// out.
 async fn run(hub: &TestHub, row: &Row) -> Option<RawSocket> {
     let name = &row.name;
-    let wait = match row.expect {
-        Expect::NoAnswer(wait) => wait,
-        _ => PATIENCE,
-    };
-    let (socket, response) = RawSocket::open(hub.addr(), &row.request(), wait).await;
+    if let Expect::HungUp {
+        answer,
+        after,
+        within,
+    } = row.expect
+    {
+        hung_up(hub, row, answer, after, within).await;
+        return None;
+    }
+    let (socket, response) = RawSocket::open(hub.addr(), &row.request(), PATIENCE).await;
     match &row.expect {
         Expect::Http(status, body) => {
             let response = response.unwrap_or_else(|| panic!("{name}: no response"));
@@ -514,14 +545,7 @@ async fn run(hub: &TestHub, row: &Row) -> Option<RawSocket> {
             );
             None
         }
-        Expect::NoAnswer(_) => {
-            assert!(
-                response.is_none(),
-                "{name}: the hub answered {}",
-                response.map(|r| r.status).unwrap_or_default()
-            );
-            None
-        }
+        Expect::HungUp { .. } => None,
         Expect::Upgraded(steps) => {
             let Some(mut socket) = socket else {
                 let response = response.map(|r| (r.status, r.body));
@@ -613,6 +637,67 @@ async fn run(hub: &TestHub, row: &Row) -> Option<RawSocket> {
             open.then_some(socket)
         }
     }
+}
+
+/// Writes `row`'s request (at once, or trickled) and checks that the hub sends nothing but
+/// `answer` and hangs up between `after` and `within`.
+async fn hung_up(
+    hub: &TestHub,
+    row: &Row,
+    answer: Option<&'static str>,
+    after: Duration,
+    within: Duration,
+) {
+    let name = &row.name;
+    let started = tokio::time::Instant::now();
+    let stream = TcpStream::connect(hub.addr()).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let (request, trickle) = (row.request(), row.trickle);
+    // Writes from a task of its own, so that the hang-up is seen whenever it comes; a write
+    // fails once the hub has hung up, which is what the row expects.
+    let writer = tokio::spawn(async move {
+        match trickle {
+            None => {
+                let _ = write.write_all(&request).await;
+            }
+            Some(pause) => {
+                for byte in request {
+                    if write.write_all(&[byte]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        // Keeps the write half (and so the socket) open: only the hub may end it.
+        tokio::time::sleep(within).await;
+    });
+    let mut received = Vec::new();
+    let ended = loop {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(started + within, read.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&chunk[..n]),
+            // An end of stream, or a reset when the trickle wrote after the hub hung up.
+            Ok(_) => break Some(started.elapsed()),
+            Err(_) => break None,
+        }
+    };
+    writer.abort();
+    let received = String::from_utf8_lossy(&received);
+    match answer {
+        None => assert!(received.is_empty(), "{name}: the hub answered {received:?}"),
+        Some(start) => assert!(
+            received.starts_with(start),
+            "{name}: the hub answered {received:?}, not {start:?}"
+        ),
+    }
+    let Some(ended) = ended else {
+        panic!("{name}: the hub still holds the connection after {within:?}");
+    };
+    assert!(
+        ended >= after,
+        "{name}: the hub hung up after {ended:?}, before {after:?}"
+    );
 }
 
 /// The table. Ids the owner knows: task `h-task`, scenes `h-scene` and `a.b`.
@@ -989,11 +1074,27 @@ fn rows() -> Vec<Row> {
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
         )
         .http(400, ""),
+        // Slow and silent clients, and idle connections: each holds a socket until the
+        // header-read timeout, and not past it.
         Row::raw(
             "half a request head, then silence",
             b"GET /ws/task-execution/h-task HTTP/1.1\r\nHost: hostile.test\r\nUpgrade: webs",
         )
-        .no_answer(Duration::from_secs(2)),
+        .hung_up_on_timeout(None),
+        Row::raw("connect and send nothing", b"").hung_up_on_timeout(None),
+        // Slowloris itself: the head keeps coming, too slowly to end in time. The timeout
+        // counts from the start of the head, not from the last byte.
+        Row::ws(
+            "a handshake a byte every 100 ms",
+            "/ws/task-execution/h-task",
+        )
+        .trickle(Duration::from_millis(100))
+        .hung_up_on_timeout(None),
+        Row::raw(
+            "an idle keep-alive connection after a request",
+            b"GET /healthz HTTP/1.1\r\nHost: hostile.test\r\n\r\n",
+        )
+        .hung_up_on_timeout(Some("HTTP/1.1 200 OK\r\n")),
         // Forged and stale tokens: `token_rows`, on a hub that requires tokens.
     ]
 }
@@ -1024,7 +1125,11 @@ async fn hostile_input_is_answered_exactly_and_harms_no_one() {
     owner
         .seed_scene("a.b", vec![location("a.b", "l-1", "A1", "S1", 1)])
         .await;
-    let hub = TestHub::start_with(&broker, |c| c.ping_interval = PING_INTERVAL).await;
+    let hub = TestHub::start_with(&broker, |c| {
+        c.ping_interval = PING_INTERVAL;
+        c.http_header_timeout = HEADER_TIMEOUT;
+    })
+    .await;
     let rows = rows();
     assert!(rows.len() >= 40, "{} rows", rows.len());
     run_table(hub, &owner, "", rows).await;

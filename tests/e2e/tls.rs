@@ -1,5 +1,6 @@
 //! The hub serving https:// and wss:// itself: the same messages over TLS, plain requests
-//! refused without harm to others, silent clients that hold up nobody, and a certificate
+//! refused without harm to others, silent clients that hold up nobody (and are closed, before
+//! or after the handshake), and a certificate
 //! renewed on disk served to new connections while old ones stay.
 
 use std::net::SocketAddr;
@@ -12,6 +13,9 @@ use vwed_e2e::{
     eventually, http_exchange, http_get, location, BrokerKind, Client, Owner, TestBroker, TestHub,
 };
 use vwed_publisher::{StatusAction, TaskResult, TaskStatus};
+
+/// The HTTP header-read timeout of the hub in the test of clients silent after the handshake.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How often the hubs under test look at their certificate files.
 const RELOAD_INTERVAL: Duration = Duration::from_millis(100);
@@ -34,6 +38,11 @@ struct Setup {
 
 impl Setup {
     async fn start(name: &str) -> Self {
+        Self::start_with(name, |_| {}).await
+    }
+
+    /// Like [`start`](Self::start), with `adjust` applied to the hub's configuration.
+    async fn start_with(name: &str, adjust: impl FnOnce(&mut vwed_hub::HubConfig)) -> Self {
         let dir = scratch_dir(name);
         let ca = TestCa::new("vwed test CA one");
         let issued = ca.server();
@@ -55,6 +64,7 @@ impl Setup {
             config.tls.tls_cert = Some(cert_flag);
             config.tls.tls_key = Some(key_flag);
             config.tls.tls_reload_interval = RELOAD_INTERVAL;
+            adjust(config);
         })
         .await;
         let setup = Self {
@@ -249,6 +259,42 @@ async fn clients_that_never_send_a_client_hello_hold_up_nobody() {
         .expect("https answers while others stay silent");
     assert_eq!(health, (200, "ok".into()));
     drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_silent_after_the_handshake_are_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let setup = Setup::start_with("tls-header-timeout", |config| {
+        config.http_header_timeout = HEADER_TIMEOUT;
+    })
+    .await;
+    let addr = setup.hub.addr();
+    let started = tokio::time::Instant::now();
+    let mut silent = setup.ca.connect(addr).await.expect("the TLS handshake");
+    let mut half = setup.ca.connect(addr).await.expect("the TLS handshake");
+    half.write_all(b"GET /ws/task-execution/t-1 HTTP/1.1\r\nHost: loc")
+        .await
+        .expect("half a request head");
+    half.flush().await.expect("flush");
+    for (name, stream) in [("silent", &mut silent), ("half a head", &mut half)] {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(HEADER_TIMEOUT * 10, stream.read(&mut byte)).await;
+        let elapsed = started.elapsed();
+        // The hub closes the TCP connection without an answer, with or without close_notify.
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "{name}: {read:?} after {elapsed:?}"
+        );
+        assert!(
+            elapsed >= HEADER_TIMEOUT * 3 / 4,
+            "{name}: closed after {elapsed:?}"
+        );
+    }
+    // The hub still serves everyone else.
+    assert_eq!(
+        https_get(addr, &setup.ca, "/healthz").await,
+        (200, "ok".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
