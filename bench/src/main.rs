@@ -30,12 +30,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::SlowClient(args) => scenarios::slow_client(args).await,
             Scenario::Compare(args) => scenarios::compare(args).await,
             Scenario::Worker => worker::run().await,
-            Scenario::Hub(config) => {
-                // Thousands of clients need thousands of files; the hub does not raise its own
-                // limit.
-                procfs::raise_fd_limit();
-                vwed_hub::process::run(*config).await
-            }
+            Scenario::Hub(config) => vwed_hub::process::run(*config).await,
         }
     })
 }

@@ -69,30 +69,6 @@ impl CpuMeter {
     }
 }
 
-/// Raises this process's soft limit on open files to its hard limit; returns the new soft limit.
-pub fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
-        }
-    }
-    limit.rlim_cur
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +79,5 @@ mod tests {
         assert!(rss_bytes(me).is_some_and(|rss| rss > 0));
         assert!(cpu_ticks(me).is_some());
         assert!(fd_count(me).is_some_and(|fds| fds > 0));
-        assert!(raise_fd_limit() > 0);
     }
 }

@@ -14,7 +14,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Semaphore;
 
 use crate::client::{self, ClientStat, Dial, Latencies, Settler, Shared, StreamSpec};
-use crate::procfs;
 use crate::target::TargetKind;
 
 /// Everything a worker needs to know about its clients; the first line on its stdin.
@@ -133,7 +132,7 @@ async fn emit(event: &Event) -> anyhow::Result<()> {
 
 /// The worker process: runs until its stdin closes.
 pub async fn run() -> anyhow::Result<()> {
-    let fd_limit = procfs::raise_fd_limit();
+    let fd_limit = vwed_hub::process::raise_fd_limit();
     emit(&Event::Started { fd_limit }).await?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let job_line = lines.next_line().await?.context("no job on stdin")?;

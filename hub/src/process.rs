@@ -17,6 +17,16 @@ pub async fn run(config: HubConfig) -> anyhow::Result<()> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
+    // Each client is a file; the usual soft limit (1024) would cap the hub far below its size.
+    let open_files = raise_fd_limit();
+    if config.max_connections == 0
+        || u64::try_from(config.max_connections).unwrap_or(u64::MAX) > open_files
+    {
+        tracing::info!(
+            open_files,
+            "open-file limit: connections past it are refused by the system"
+        );
+    }
     let hub = Hub::start(config).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: closing clients with 1001");
@@ -46,4 +56,36 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+/// Raises this process's soft limit on open files to its hard limit; returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_file_limit_can_be_raised_to_the_hard_limit() {
+        assert!(super::raise_fd_limit() > 0);
+    }
 }
