@@ -9,11 +9,12 @@
 //! client has lost a notice to a full queue, the next state stands in for the changes queued
 //! before it, which are skipped, so a slow reader is never starved of states.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::messages::Frame;
@@ -83,12 +84,82 @@ impl StateSlot {
     }
 }
 
+/// The change lane: a bounded queue that allocates only once something waits in it, so an
+/// idle connection costs a few words here (a tokio channel allocates a block of slots and a
+/// cache-padded header up front, about 1.8 KB per connection).
+#[derive(Debug)]
+struct ChangeQueue {
+    /// Changes with their sequence numbers, oldest first.
+    items: Mutex<VecDeque<(u64, Frame)>>,
+    /// Most changes that may wait; past it an offer is refused as full.
+    capacity: usize,
+    /// Wakes the writer when a change is queued or the last sender leaves.
+    queued: Notify,
+    /// Outboxes alive; none left means the topic is gone and the writer should stop.
+    senders: AtomicUsize,
+    /// Set when the inbox is dropped, so offers say the connection is gone.
+    receiver_gone: AtomicBool,
+}
+
+/// Why a change was not queued.
+enum Refused {
+    /// The queue holds `capacity` changes.
+    Full,
+    /// The connection has gone.
+    Closed,
+}
+
+impl ChangeQueue {
+    fn try_push(&self, change: (u64, Frame)) -> Result<(), Refused> {
+        if self.receiver_gone.load(Ordering::Acquire) {
+            return Err(Refused::Closed);
+        }
+        {
+            let Ok(mut items) = self.items.lock() else {
+                return Err(Refused::Closed);
+            };
+            if items.len() >= self.capacity {
+                return Err(Refused::Full);
+            }
+            items.push_back(change);
+        }
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    fn try_pop(&self) -> Option<(u64, Frame)> {
+        let mut items = self.items.lock().ok()?;
+        let change = items.pop_front();
+        // A burst may have grown the queue; an idle connection should not keep its peak.
+        if items.is_empty() && items.capacity() > 64 {
+            *items = VecDeque::new();
+        }
+        change
+    }
+
+    /// The next change; `None` once every sender is gone and the queue is empty.
+    /// Cancel-safe: a change is taken only in the poll that returns it.
+    async fn pop(&self) -> Option<(u64, Frame)> {
+        loop {
+            if let Some(change) = self.try_pop() {
+                return Some(change);
+            }
+            if self.senders.load(Ordering::Acquire) == 0 {
+                return self.try_pop();
+            }
+            // `notify_one` keeps a permit when nobody waits, so a change queued since the
+            // check above is not missed.
+            self.queued.notified().await;
+        }
+    }
+}
+
 /// The sending side of one connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outbox {
     /// Bounded, so a stalled socket costs a fixed amount of memory. Each change carries its
     /// sequence number, so the writer can put states in their place.
-    frames: mpsc::Sender<(u64, Frame)>,
+    frames: Arc<ChangeQueue>,
     /// The sequence number of the next change; only the connection's topic sends.
     next_seq: Arc<AtomicU64>,
     /// Notices dropped for a full queue so far: a state put in after a loss stands in for the
@@ -105,7 +176,7 @@ pub struct Outbox {
 /// The receiving side, owned by the connection.
 pub struct Inbox {
     /// Changes in the order the fan-out produced them.
-    frames: mpsc::Receiver<(u64, Frame)>,
+    frames: Arc<ChangeQueue>,
     /// A change taken from `frames` that waits for a state queued before it.
     held: Option<(u64, Frame)>,
     /// The sequence number of the next change `frames` will yield.
@@ -122,7 +193,14 @@ pub struct Inbox {
 
 /// A connection's two lanes, the change queue holding up to `capacity` frames.
 pub fn outbox(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, Inbox) {
-    let (frames, receiver) = mpsc::channel(capacity.max(1));
+    let frames = Arc::new(ChangeQueue {
+        items: Mutex::new(VecDeque::new()),
+        capacity: capacity.max(1),
+        queued: Notify::new(),
+        senders: AtomicUsize::new(1),
+        receiver_gone: AtomicBool::new(false),
+    });
+    let receiver = frames.clone();
     let state = Arc::new(StateSlot::default());
     let too_slow = CancellationToken::new();
     let outbox = Outbox {
@@ -149,17 +227,17 @@ impl Outbox {
     /// Queues a change without waiting.
     pub fn offer(&self, frame: Frame) -> Delivery {
         let seq = self.next_seq.load(Ordering::Acquire);
-        match self.frames.try_send((seq, frame)) {
+        match self.frames.try_push((seq, frame)) {
             Ok(()) => {
                 self.next_seq.store(seq + 1, Ordering::Release);
                 self.metrics.messages_delivered.inc();
                 Delivery::Queued
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 self.metrics.messages_dropped.inc();
                 Delivery::Full
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+            Err(Refused::Closed) => Delivery::Closed,
         }
     }
 
@@ -201,6 +279,38 @@ impl Outbox {
     }
 }
 
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.frames.senders.fetch_add(1, Ordering::AcqRel);
+        Self {
+            frames: self.frames.clone(),
+            next_seq: self.next_seq.clone(),
+            losses: self.losses.clone(),
+            state: self.state.clone(),
+            too_slow: self.too_slow.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.frames.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last sender: wake the writer so it sees the topic is gone.
+            self.frames.queued.notify_one();
+        }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.frames.receiver_gone.store(true, Ordering::Release);
+        if let Ok(mut items) = self.frames.items.lock() {
+            items.clear();
+        }
+    }
+}
+
 impl Inbox {
     /// The next frame to write, in the order the fan-out offered them; waits for one.
     /// Cancel-safe: a frame taken from the queue is held until it is returned.
@@ -210,7 +320,7 @@ impl Inbox {
                 return Some(frame);
             }
             tokio::select! {
-                change = self.frames.recv() => {
+                change = self.frames.pop() => {
                     let change = change?;
                     self.next_seq = change.0 + 1;
                     self.held = Some(change);
@@ -224,7 +334,7 @@ impl Inbox {
     pub fn try_next(&mut self) -> Option<Frame> {
         loop {
             if self.held.is_none() {
-                if let Ok(change) = self.frames.try_recv() {
+                if let Some(change) = self.frames.try_pop() {
                     self.next_seq = change.0 + 1;
                     self.held = Some(change);
                 }
