@@ -131,7 +131,8 @@ impl ChangeQueue {
         let mut items = self.items.lock().ok()?;
         let change = items.pop_front();
         // A burst may have grown the queue; an idle connection should not keep its peak.
-        if items.is_empty() && items.capacity() > 64 {
+        // Steady traffic, a change or two at a time, stays within 8 slots and is not churned.
+        if items.is_empty() && items.capacity() > 8 {
             *items = VecDeque::new();
         }
         change
