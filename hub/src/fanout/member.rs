@@ -10,12 +10,13 @@
 //! before it, which are skipped, so a slow reader is never starved of states.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use futures::task::AtomicWaker;
 
 use crate::messages::Frame;
 use crate::metrics::Metrics;
@@ -40,13 +41,15 @@ pub enum Delivery {
     Closed,
 }
 
-/// The newest state not yet written to the socket.
-#[derive(Debug, Default)]
-struct StateSlot {
-    /// Replaced, never appended to.
-    latest: Mutex<Option<PendingState>>,
-    /// Wakes the writer when a state is put in.
-    filled: Notify,
+/// What the writer is to do next.
+#[derive(Debug)]
+pub enum Next {
+    /// Write this frame.
+    Frame(Frame),
+    /// The fan-out gave up on this client, whose queue was full: close with 1013.
+    TooSlow,
+    /// The topic is gone and everything it queued has been taken.
+    Ended,
 }
 
 #[derive(Debug)]
@@ -59,46 +62,32 @@ struct PendingState {
     losses: u64,
 }
 
-impl StateSlot {
-    /// The pending state, if no change numbered below `next_change` was queued before it.
-    /// Checked and taken under one lock, so a newer state put in meanwhile is never taken early.
-    fn take_if_due(&self, next_change: u64) -> Option<PendingState> {
-        let mut slot = self.latest.lock().ok()?;
-        if slot.as_ref()?.after <= next_change {
-            slot.take()
-        } else {
-            None
-        }
-    }
-
-    /// Whether a pending state stands in for change `seq`: it was put in after that change and
-    /// after more notice losses than `losses_seen`, so it tells what the lost notices would have.
-    fn stands_in_for(&self, seq: u64, losses_seen: u64) -> bool {
-        self.latest
-            .lock()
-            .map(|slot| {
-                slot.as_ref()
-                    .is_some_and(|pending| seq < pending.after && pending.losses > losses_seen)
-            })
-            .unwrap_or(false)
-    }
-}
-
-/// The change lane: a bounded queue that allocates only once something waits in it, so an
-/// idle connection costs a few words here (a tokio channel allocates a block of slots and a
-/// cache-padded header up front, about 1.8 KB per connection).
+/// Everything the two ends of one connection's lanes share, in one allocation: a connection
+/// is mostly idle, and every allocation per connection counts at 15,000 of them.
 #[derive(Debug)]
-struct ChangeQueue {
-    /// Changes with their sequence numbers, oldest first.
-    items: Mutex<VecDeque<(u64, Frame)>>,
-    /// Most changes that may wait; past it an offer is refused as full.
+struct Lanes {
+    /// The change lane, oldest first, each change with its sequence number so the writer can
+    /// put states in their place. A deque that allocates only once something waits in it.
+    changes: Mutex<VecDeque<(u64, Frame)>>,
+    /// Most changes that may wait; past it an offer is refused as full, so a stalled socket
+    /// costs a fixed amount of memory.
     capacity: usize,
-    /// Wakes the writer when a change is queued or the last sender leaves.
-    queued: Notify,
+    /// The state lane: the newest state not yet written, replaced, never appended to.
+    state: Mutex<Option<PendingState>>,
+    /// The sequence number of the next change; only the connection's topic sends.
+    next_seq: AtomicU64,
+    /// Notices dropped for a full queue so far: a state put in after a loss stands in for the
+    /// changes queued before it, which the writer then skips.
+    losses: AtomicU64,
     /// Outboxes alive; none left means the topic is gone and the writer should stop.
     senders: AtomicUsize,
     /// Set when the inbox is dropped, so offers say the connection is gone.
     receiver_gone: AtomicBool,
+    /// Set when the fan-out gives up on the client.
+    too_slow: AtomicBool,
+    /// The writer's task, woken by anything above that it should act on. There is one waiter,
+    /// so registering is a compare-and-swap rather than a lock and a list entry per wait.
+    writer: AtomicWaker,
 }
 
 /// Why a change was not queued.
@@ -109,116 +98,122 @@ enum Refused {
     Closed,
 }
 
-impl ChangeQueue {
+impl Lanes {
     fn try_push(&self, change: (u64, Frame)) -> Result<(), Refused> {
         if self.receiver_gone.load(Ordering::Acquire) {
             return Err(Refused::Closed);
         }
         {
-            let Ok(mut items) = self.items.lock() else {
+            let Ok(mut changes) = self.changes.lock() else {
                 return Err(Refused::Closed);
             };
-            if items.len() >= self.capacity {
+            if changes.len() >= self.capacity {
                 return Err(Refused::Full);
             }
-            items.push_back(change);
+            changes.push_back(change);
         }
-        self.queued.notify_one();
+        self.writer.wake();
         Ok(())
     }
 
     fn try_pop(&self) -> Option<(u64, Frame)> {
-        let mut items = self.items.lock().ok()?;
-        let change = items.pop_front();
+        let mut changes = self.changes.lock().ok()?;
+        let change = changes.pop_front();
         // A burst may have grown the queue; an idle connection should not keep its peak.
         // Steady traffic, a change or two at a time, stays within 8 slots and is not churned.
-        if items.is_empty() && items.capacity() > 8 {
-            *items = VecDeque::new();
+        if changes.is_empty() && changes.capacity() > 8 {
+            *changes = VecDeque::new();
         }
         change
     }
 
-    /// The next change; `None` once every sender is gone and the queue is empty.
-    /// Cancel-safe: a change is taken only in the poll that returns it.
-    async fn pop(&self) -> Option<(u64, Frame)> {
-        loop {
-            if let Some(change) = self.try_pop() {
-                return Some(change);
-            }
-            if self.senders.load(Ordering::Acquire) == 0 {
-                return self.try_pop();
-            }
-            // `notify_one` keeps a permit when nobody waits, so a change queued since the
-            // check above is not missed.
-            self.queued.notified().await;
+    /// The pending state, if no change numbered below `next_change` was queued before it.
+    /// Checked and taken under one lock, so a newer state put in meanwhile is never taken early.
+    fn take_state_if_due(&self, next_change: u64) -> Option<PendingState> {
+        let mut slot = self.state.lock().ok()?;
+        if slot.as_ref()?.after <= next_change {
+            slot.take()
+        } else {
+            None
         }
+    }
+
+    /// Whether a pending state stands in for change `seq`: it was put in after that change and
+    /// after more notice losses than `losses_seen`, so it tells what the lost notices would have.
+    fn state_stands_in_for(&self, seq: u64, losses_seen: u64) -> bool {
+        self.state
+            .lock()
+            .map(|slot| {
+                slot.as_ref()
+                    .is_some_and(|pending| seq < pending.after && pending.losses > losses_seen)
+            })
+            .unwrap_or(false)
     }
 }
 
 /// The sending side of one connection.
 #[derive(Debug)]
 pub struct Outbox {
-    /// Bounded, so a stalled socket costs a fixed amount of memory. Each change carries its
-    /// sequence number, so the writer can put states in their place.
-    frames: Arc<ChangeQueue>,
-    /// The sequence number of the next change; only the connection's topic sends.
-    next_seq: Arc<AtomicU64>,
-    /// Notices dropped for a full queue so far: a state put in after a loss stands in for the
-    /// changes queued before it, which the writer then skips.
-    losses: Arc<AtomicU64>,
-    /// The state lane.
-    state: Arc<StateSlot>,
-    /// Cancelled to tell the connection to close with 1013 because it fell behind.
-    too_slow: CancellationToken,
+    /// Shared with the connection's [`Inbox`].
+    lanes: Arc<Lanes>,
     /// Counts deliveries and drops.
     metrics: Arc<Metrics>,
 }
 
 /// The receiving side, owned by the connection.
 pub struct Inbox {
-    /// Changes in the order the fan-out produced them.
-    frames: Arc<ChangeQueue>,
-    /// A change taken from `frames` that waits for a state queued before it.
+    /// Shared with the connection's [`Outbox`]es.
+    lanes: Arc<Lanes>,
+    /// A change taken from the queue that waits for a state queued before it.
     held: Option<(u64, Frame)>,
-    /// The sequence number of the next change `frames` will yield.
+    /// The sequence number of the next change the queue will yield.
     next_seq: u64,
     /// Notice losses already stood in for by a state the writer took.
     losses_seen: u64,
-    /// The state lane.
-    state: Arc<StateSlot>,
-    /// Cancelled when the fan-out gave up on this client.
-    pub too_slow: CancellationToken,
     /// Counts changes skipped because a state covers them.
     metrics: Arc<Metrics>,
 }
 
+/// Tells the connection when the fan-out has given up on it.
+pub struct GiveUp {
+    /// Shared with the connection's [`Inbox`].
+    lanes: Arc<Lanes>,
+}
+
+impl GiveUp {
+    /// Ready once the fan-out has given up on the client.
+    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.lanes.writer.register(cx.waker());
+        if self.lanes.too_slow.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
 /// A connection's two lanes, the change queue holding up to `capacity` frames.
 pub fn outbox(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, Inbox) {
-    let frames = Arc::new(ChangeQueue {
-        items: Mutex::new(VecDeque::new()),
+    let lanes = Arc::new(Lanes {
+        changes: Mutex::new(VecDeque::new()),
         capacity: capacity.max(1),
-        queued: Notify::new(),
+        state: Mutex::new(None),
+        next_seq: AtomicU64::new(0),
+        losses: AtomicU64::new(0),
         senders: AtomicUsize::new(1),
         receiver_gone: AtomicBool::new(false),
+        too_slow: AtomicBool::new(false),
+        writer: AtomicWaker::new(),
     });
-    let receiver = frames.clone();
-    let state = Arc::new(StateSlot::default());
-    let too_slow = CancellationToken::new();
     let outbox = Outbox {
-        frames,
-        next_seq: Arc::default(),
-        losses: Arc::default(),
-        state: state.clone(),
-        too_slow: too_slow.clone(),
+        lanes: lanes.clone(),
         metrics: metrics.clone(),
     };
     let inbox = Inbox {
-        frames: receiver,
+        lanes,
         held: None,
         next_seq: 0,
         losses_seen: 0,
-        state,
-        too_slow,
         metrics,
     };
     (outbox, inbox)
@@ -227,10 +222,10 @@ pub fn outbox(capacity: usize, metrics: Arc<Metrics>) -> (Outbox, Inbox) {
 impl Outbox {
     /// Queues a change without waiting.
     pub fn offer(&self, frame: Frame) -> Delivery {
-        let seq = self.next_seq.load(Ordering::Acquire);
-        match self.frames.try_push((seq, frame)) {
+        let seq = self.lanes.next_seq.load(Ordering::Acquire);
+        match self.lanes.try_push((seq, frame)) {
             Ok(()) => {
-                self.next_seq.store(seq + 1, Ordering::Release);
+                self.lanes.next_seq.store(seq + 1, Ordering::Release);
                 self.metrics.messages_delivered.inc();
                 Delivery::Queued
             }
@@ -247,7 +242,7 @@ impl Outbox {
     pub fn offer_notice(&self, frame: Frame) -> Delivery {
         let delivery = self.offer(frame);
         if delivery == Delivery::Full {
-            self.losses.fetch_add(1, Ordering::AcqRel);
+            self.lanes.losses.fetch_add(1, Ordering::AcqRel);
         }
         delivery
     }
@@ -255,9 +250,10 @@ impl Outbox {
     /// Queues a change, and closes the connection with 1013 when it cannot keep up: for streams
     /// where a dropped message would be a lost change.
     pub fn offer_or_close(&self, frame: Frame) {
-        if self.offer(frame) == Delivery::Full && !self.too_slow.is_cancelled() {
+        if self.offer(frame) == Delivery::Full && !self.lanes.too_slow.swap(true, Ordering::AcqRel)
+        {
             self.metrics.slow_clients_closed.inc();
-            self.too_slow.cancel();
+            self.lanes.writer.wake();
         }
     }
 
@@ -265,10 +261,10 @@ impl Outbox {
     pub fn offer_state(&self, frame: Frame) {
         let pending = PendingState {
             frame,
-            after: self.next_seq.load(Ordering::Acquire),
-            losses: self.losses.load(Ordering::Acquire),
+            after: self.lanes.next_seq.load(Ordering::Acquire),
+            losses: self.lanes.losses.load(Ordering::Acquire),
         };
-        let replaced = match self.state.latest.lock() {
+        let replaced = match self.lanes.state.lock() {
             Ok(mut slot) => slot.replace(pending).is_some(),
             Err(_) => return,
         };
@@ -276,19 +272,15 @@ impl Outbox {
             self.metrics.messages_dropped.inc();
         }
         self.metrics.messages_delivered.inc();
-        self.state.filled.notify_one();
+        self.lanes.writer.wake();
     }
 }
 
 impl Clone for Outbox {
     fn clone(&self) -> Self {
-        self.frames.senders.fetch_add(1, Ordering::AcqRel);
+        self.lanes.senders.fetch_add(1, Ordering::AcqRel);
         Self {
-            frames: self.frames.clone(),
-            next_seq: self.next_seq.clone(),
-            losses: self.losses.clone(),
-            state: self.state.clone(),
-            too_slow: self.too_slow.clone(),
+            lanes: self.lanes.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -296,58 +288,82 @@ impl Clone for Outbox {
 
 impl Drop for Outbox {
     fn drop(&mut self) {
-        if self.frames.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.lanes.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
             // The last sender: wake the writer so it sees the topic is gone.
-            self.frames.queued.notify_one();
+            self.lanes.writer.wake();
         }
     }
 }
 
 impl Drop for Inbox {
     fn drop(&mut self) {
-        self.frames.receiver_gone.store(true, Ordering::Release);
-        if let Ok(mut items) = self.frames.items.lock() {
-            items.clear();
+        self.lanes.receiver_gone.store(true, Ordering::Release);
+        if let Ok(mut changes) = self.lanes.changes.lock() {
+            changes.clear();
         }
     }
 }
 
 impl Inbox {
-    /// The next frame to write, in the order the fan-out offered them; waits for one.
-    /// Cancel-safe: a frame taken from the queue is held until it is returned.
-    pub async fn next(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = self.try_next() {
-                return Some(frame);
-            }
-            tokio::select! {
-                change = self.frames.pop() => {
-                    let change = change?;
-                    self.next_seq = change.0 + 1;
-                    self.held = Some(change);
-                }
-                () = self.state.filled.notified() => {}
-            }
+    /// What to write next, in the order the fan-out offered it; waits for something.
+    /// Cancel-safe: a change taken from the queue is held until it is returned.
+    pub async fn next(&mut self) -> Next {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// [`Inbox::next`], for a hand-written poll.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
+        if let Some(next) = self.ready() {
+            return Poll::Ready(next);
         }
+        self.lanes.writer.register(cx.waker());
+        // Whatever was offered between the look above and the registration woke nobody.
+        match self.ready() {
+            Some(next) => Poll::Ready(next),
+            None => Poll::Pending,
+        }
+    }
+
+    /// A handle that tells when the fan-out gives up on this client, for waits other than for
+    /// the next frame (a write in progress, which may be taking frames from this inbox).
+    pub fn give_up_signal(&self) -> GiveUp {
+        GiveUp {
+            lanes: self.lanes.clone(),
+        }
+    }
+
+    /// What to write next, if anything is due now.
+    fn ready(&mut self) -> Option<Next> {
+        if self.lanes.too_slow.load(Ordering::Acquire) {
+            return Some(Next::TooSlow);
+        }
+        if let Some(frame) = self.try_next() {
+            return Some(Next::Frame(frame));
+        }
+        if self.lanes.senders.load(Ordering::Acquire) == 0 {
+            // The last sender's offers happened before it left: take any that came in since.
+            return Some(self.try_next().map_or(Next::Ended, Next::Frame));
+        }
+        None
     }
 
     /// The next frame if one is ready now.
     pub fn try_next(&mut self) -> Option<Frame> {
         loop {
             if self.held.is_none() {
-                if let Some(change) = self.frames.try_pop() {
+                if let Some(change) = self.lanes.try_pop() {
                     self.next_seq = change.0 + 1;
                     self.held = Some(change);
                 }
             }
             let first_unsent = self.held.as_ref().map_or(self.next_seq, |(seq, _)| *seq);
-            if let Some(state) = self.state.take_if_due(first_unsent) {
+            if let Some(state) = self.lanes.take_state_if_due(first_unsent) {
                 self.losses_seen = state.losses;
                 return Some(state.frame);
             }
             let (seq, frame) = self.held.take()?;
             // After a loss, a pending state is the truth about everything queued before it.
-            if self.state.stands_in_for(seq, self.losses_seen) {
+            if self.lanes.state_stands_in_for(seq, self.losses_seen) {
                 self.metrics.messages_dropped.inc();
                 continue;
             }
@@ -405,6 +421,13 @@ mod tests {
         Frame::from_static(text)
     }
 
+    fn text(next: Next) -> String {
+        match next {
+            Next::Frame(frame) => frame.as_str().to_owned(),
+            other => format!("{other:?}"),
+        }
+    }
+
     fn drain(inbox: &mut Inbox) -> Vec<String> {
         std::iter::from_fn(|| inbox.try_next())
             .map(|f| f.as_str().to_owned())
@@ -458,11 +481,75 @@ mod tests {
         runtime.block_on(async {
             let (outbox, mut inbox) = outbox(8, Arc::default());
             outbox.offer(frame("change 1"));
-            assert_eq!(inbox.next().await.unwrap().as_str(), "change 1");
+            assert_eq!(text(inbox.next().await), "change 1");
             outbox.offer_state(frame("state A"));
             outbox.offer(frame("change 2"));
-            assert_eq!(inbox.next().await.unwrap().as_str(), "state A");
-            assert_eq!(inbox.next().await.unwrap().as_str(), "change 2");
+            assert_eq!(text(inbox.next().await), "state A");
+            assert_eq!(text(inbox.next().await), "change 2");
+        });
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_waiting_writer_is_woken_for_every_change_offered_from_another_thread() {
+        runtime().block_on(async {
+            let (outbox, mut inbox) = outbox(100_000, Arc::default());
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                while got.len() < 20_000 {
+                    match inbox.next().await {
+                        Next::Frame(frame) => got.push(frame.as_str().parse::<u32>().unwrap()),
+                        other => panic!("{other:?} before the last change"),
+                    }
+                }
+                (got, inbox)
+            });
+            let writer = std::thread::spawn(move || {
+                for n in 0..20_000u32 {
+                    assert_eq!(outbox.offer(Frame::from(n.to_string())), Delivery::Queued);
+                    if n % 1000 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+                // Kept until the reader has everything, so only the offers can wake it.
+                outbox
+            });
+            let outbox = writer.join().unwrap();
+            let (got, mut inbox) = tokio::time::timeout(Duration::from_secs(10), reader)
+                .await
+                .expect("the reader was not woken")
+                .unwrap();
+            assert_eq!(got, (0..20_000).collect::<Vec<_>>());
+            let ended = tokio::spawn(async move { inbox.next().await });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(outbox);
+            let ended = tokio::time::timeout(Duration::from_secs(5), ended).await;
+            assert!(matches!(ended, Ok(Ok(Next::Ended))), "{ended:?}");
+        });
+    }
+
+    #[test]
+    fn giving_up_wakes_a_write_in_progress_and_comes_before_queued_frames() {
+        runtime().block_on(async {
+            let (outbox, mut inbox) = outbox(1, Arc::default());
+            let give_up = inbox.give_up_signal();
+            let waiting = tokio::spawn(async move { poll_fn(|cx| give_up.poll(cx)).await });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!waiting.is_finished());
+            outbox.offer_or_close(frame("change 1"));
+            outbox.offer_or_close(frame("change 2"));
+            tokio::time::timeout(Duration::from_secs(5), waiting)
+                .await
+                .expect("the wait for the give-up was not woken")
+                .unwrap();
+            assert!(matches!(inbox.next().await, Next::TooSlow));
         });
     }
 
@@ -489,10 +576,11 @@ mod tests {
 
     #[test]
     fn offer_or_close_gives_up_on_a_full_queue() {
-        let (outbox, inbox) = outbox(1, Arc::default());
+        let (outbox, mut inbox) = outbox(1, Arc::default());
         outbox.offer_or_close(frame("change 1"));
-        assert!(!inbox.too_slow.is_cancelled());
+        assert!(!inbox.lanes.too_slow.load(Ordering::Acquire));
         outbox.offer_or_close(frame("change 2"));
-        assert!(inbox.too_slow.is_cancelled());
+        // Giving up comes before what is still queued: the connection closes now.
+        assert!(matches!(inbox.ready(), Some(Next::TooSlow)));
     }
 }

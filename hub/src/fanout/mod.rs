@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 use crate::broker::BrokerEvent;
 use crate::view::{SceneView, TaskView};
 
-pub use member::{outbox, Delivery, Inbox, Member, MemberId, Mode, Outbox};
+pub use member::{outbox, Delivery, GiveUp, Inbox, Member, MemberId, Mode, Next, Outbox};
 pub use registry::{Membership, Registry, TopicContext};
 
 /// How long lost-message notices are gathered before the snapshots they call for.

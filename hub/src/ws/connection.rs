@@ -2,20 +2,24 @@
 //! answers the client's messages, keeps the connection alive with Ping frames, and leaves when
 //! anything ends it.
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::SinkExt;
-use tokio::time::{timeout, Instant};
+use futures::{SinkExt, StreamExt};
+use tokio::time::{timeout, Instant, Interval, Sleep};
 use tokio_tungstenite::tungstenite;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::admission::Refusal;
 use super::endpoint::{Endpoint, InvalidRequest, Watch};
+use super::wake_source::WakeSource;
 use crate::auth::Denied;
-use crate::fanout::{outbox, FanOut, Inbox, Member, Membership, Mode};
+use crate::fanout::{outbox, FanOut, GiveUp, Inbox, Member, Membership, Mode, Next};
 use crate::messages::{self, ClientMessageError, ClientRequest, Envelope, Frame};
 use crate::metrics::{EndpointLabels, Metrics};
 
@@ -276,19 +280,26 @@ pub async fn serve(
     let started = Instant::now();
     tracing::info!(endpoint, key = %watch.id, %peer, "connection opened");
 
-    let drain = Drain::new(shutdown, settings.drain_spread);
+    let drain = Drain::new(&shutdown, settings.drain_spread);
     let budget = MessageBudget::new(&settings);
+    let period = settings.ping_interval;
     let mut connection = Connection {
         socket,
+        give_up: inbox.give_up_signal(),
         inbox,
         membership,
         envelope,
         settings,
         metrics: metrics.clone(),
         drain,
+        ping: tokio::time::interval_at(Instant::now() + period, period),
+        expiry: expires_in.map(|remaining| Box::pin(tokio::time::sleep(remaining))),
+        last_heard: Instant::now(),
+        just_wrote: false,
+        woken_by_client: WakeSource::new(),
+        woken_by_clocks: WakeSource::new(),
         budget,
         client_close: None,
-        expires: expires_in.map(|remaining| Instant::now() + remaining),
     };
     let ending = connection.run().await;
     let Connection {
@@ -324,49 +335,48 @@ pub async fn serve(
 
 /// When a connection closes as the hub drains: at a moment of its own within the drain spread,
 /// so that clients reconnect elsewhere a few at a time. Every wait (the loop, a write in
-/// progress) asks the same moment, so traffic cannot hurry or postpone it.
+/// progress) polls this one clock, so traffic cannot hurry or postpone the moment.
 struct Drain {
-    /// Cancelled when the hub begins to drain.
-    shutdown: CancellationToken,
+    /// Resolves when the hub begins to drain. It waits on a child of the hub's token: this is
+    /// polled at every wake-up of the connection, and the hub's own token would be one lock
+    /// that every connection contends for.
+    began: Pin<Box<WaitForCancellationFutureOwned>>,
     /// This connection's place in the spread, drawn once when it opens.
     delay: Duration,
-    /// The moment to close, fixed once the drain has begun.
-    at: Option<Instant>,
+    /// Running once the drain has begun; elapses at this connection's moment.
+    moment: Option<Pin<Box<Sleep>>>,
+    /// Whether either of the above woke the connection since it was last polled.
+    woken: WakeSource,
 }
 
 impl Drain {
-    fn new(shutdown: CancellationToken, spread: Duration) -> Self {
+    fn new(shutdown: &CancellationToken, spread: Duration) -> Self {
         Self {
-            shutdown,
+            began: Box::pin(shutdown.child_token().cancelled_owned()),
             delay: spread.mul_f64(fastrand::f64()),
-            at: None,
+            moment: None,
+            woken: WakeSource::new(),
         }
     }
 
-    /// Fixes the closing moment once the drain has begun.
-    fn note(&mut self) {
-        if self.at.is_none() && self.shutdown.is_cancelled() {
-            self.at = Some(Instant::now() + self.delay);
-        }
-    }
-
-    /// Resolves at the closing moment.
-    async fn reached(&self) {
-        match self.at {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => {
-                self.shutdown.cancelled().await;
-                tokio::time::sleep(self.delay).await;
+    /// Ready at the closing moment, and at every poll after it.
+    fn poll_reached(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Self {
+            began,
+            delay,
+            moment,
+            woken,
+        } = self;
+        woken.poll(cx, |cx| {
+            if moment.is_none() {
+                std::task::ready!(began.as_mut().poll(cx));
+                *moment = Some(Box::pin(tokio::time::sleep(*delay)));
             }
-        }
-    }
-}
-
-/// Resolves at `deadline`, or never without one.
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+            match moment {
+                Some(moment) => moment.as_mut().poll(cx),
+                None => Poll::Pending,
+            }
+        })
     }
 }
 
@@ -412,6 +422,8 @@ struct Connection {
     socket: WebSocket,
     /// What the topic queued for this client.
     inbox: Inbox,
+    /// Tells a write in progress that the topic gave up on this client.
+    give_up: GiveUp,
     /// This connection's place in its topic; dropped on the way out.
     membership: Box<dyn Watching>,
     /// For error messages about this connection's key.
@@ -422,47 +434,68 @@ struct Connection {
     metrics: Arc<Metrics>,
     /// When to close once the hub drains.
     drain: Drain,
+    /// When to send the next Ping frame, and to check that the client still answers.
+    ping: Interval,
+    /// Elapses when the client's token expires; the connection ends then, as a new one would
+    /// be refused.
+    expiry: Option<Pin<Box<Sleep>>>,
+    /// When the client last sent anything; three ping periods of silence end the connection.
+    last_heard: Instant,
+    /// Whether the last wake-up wrote frames: if so, the client, the clocks and the drain are
+    /// looked at before more frames, so a busy stream cannot starve them.
+    just_wrote: bool,
+    /// Whether the socket has woken the connection since a read found nothing.
+    woken_by_client: WakeSource,
+    /// Whether the ping or token-expiry clock has. (The drain has its own, since a write in
+    /// progress polls it alone.)
+    woken_by_clocks: WakeSource,
     /// How many more messages the client may send now.
     budget: MessageBudget,
     /// The code of the client's close frame (1005 when it gave none), so the closing log line
     /// can tell a client that left from a network that failed.
     client_close: Option<u16>,
-    /// When the client's token expires; the connection ends then, as a new one would be
-    /// refused.
-    expires: Option<Instant>,
+}
+
+/// What woke the connection.
+enum Wake {
+    /// The fan-out has something for the client, or has given up on it.
+    Inbox(Next),
+    /// The client sent something, or its side ended (`None`).
+    Client(Option<Result<Message, axum::Error>>),
+    /// Time for a Ping frame.
+    Ping,
+    /// The client's token expired.
+    Expired,
+    /// This connection's moment in the drain came.
+    Drained,
 }
 
 impl Connection {
     async fn run(&mut self) -> Ending {
-        let too_slow = self.inbox.too_slow.clone();
-        let period = self.settings.ping_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + period, period);
-        let mut last_heard = Instant::now();
         loop {
-            self.drain.note();
-            let step = tokio::select! {
-                () = self.drain.reached() => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
-                () = too_slow.cancelled() => Err(Ending::Close(close::TRY_AGAIN_LATER, "client too slow")),
-                () = until(self.expires) => {
+            let step = match poll_fn(|cx| self.poll_wake(cx)).await {
+                Wake::Drained => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
+                Wake::Inbox(Next::TooSlow) => {
+                    Err(Ending::Close(close::TRY_AGAIN_LATER, "client too slow"))
+                }
+                Wake::Inbox(Next::Ended) => Err(Ending::Close(close::INTERNAL, "topic ended")),
+                Wake::Inbox(Next::Frame(frame)) => self.write_batch(frame).await,
+                Wake::Expired => {
                     let error = self.envelope.error(&Denied::Expired.to_string());
                     let closing = Err(Ending::Close(close::POLICY, Denied::Expired.reason()));
                     self.write(Message::Text(error)).await.and(closing)
                 }
-                frame = self.inbox.next() => match frame {
-                    Some(frame) => self.write_batch(frame).await,
-                    None => Err(Ending::Close(close::INTERNAL, "topic ended")),
-                },
-                message = self.socket.recv() => match message {
-                    Some(Ok(message)) => {
-                        last_heard = Instant::now();
-                        self.on_message(message).await
-                    }
-                    Some(Err(error)) => Err(read_error(error)),
-                    None => Err(Ending::Gone),
-                },
-                _ = ping.tick() => {
-                    if last_heard.elapsed() >= period * 3 {
-                        tracing::debug!("no sign of life for three ping periods; dropping the connection");
+                Wake::Client(Some(Ok(message))) => {
+                    self.last_heard = Instant::now();
+                    self.on_message(message).await
+                }
+                Wake::Client(Some(Err(error))) => Err(read_error(error)),
+                Wake::Client(None) => Err(Ending::Gone),
+                Wake::Ping => {
+                    if self.last_heard.elapsed() >= self.settings.ping_interval * 3 {
+                        tracing::debug!(
+                            "no sign of life for three ping periods; dropping the connection"
+                        );
                         Err(Ending::Gone)
                     } else {
                         self.write(Message::Ping(Default::default())).await
@@ -473,6 +506,54 @@ impl Connection {
                 return ending;
             }
         }
+    }
+
+    /// Waits for the next thing to do. Frames come first after a wait, since they are most of
+    /// what wakes a connection; after a write, everything else is looked at first, so a busy
+    /// stream cannot starve it. The client, the drain and the clocks are polled only once they
+    /// have woken the connection (see [`WakeSource`]), and every source lives as long as the
+    /// connection, so a poll registers nothing anew.
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        let frames_first = !std::mem::take(&mut self.just_wrote);
+        if frames_first {
+            if let Poll::Ready(next) = self.inbox.poll_next(cx) {
+                self.just_wrote = true;
+                return Poll::Ready(Wake::Inbox(next));
+            }
+        }
+        let Self {
+            socket,
+            drain,
+            ping,
+            expiry,
+            woken_by_client,
+            woken_by_clocks,
+            ..
+        } = self;
+        if drain.poll_reached(cx).is_ready() {
+            return Poll::Ready(Wake::Drained);
+        }
+        let clocks = woken_by_clocks.poll(cx, |cx| {
+            if let Some(expiry) = expiry {
+                if expiry.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Expired);
+                }
+            }
+            ping.poll_tick(cx).map(|_| Wake::Ping)
+        });
+        if clocks.is_ready() {
+            return clocks;
+        }
+        if let Poll::Ready(message) = woken_by_client.poll(cx, |cx| socket.poll_next_unpin(cx)) {
+            return Poll::Ready(Wake::Client(message));
+        }
+        if !frames_first {
+            if let Poll::Ready(next) = self.inbox.poll_next(cx) {
+                self.just_wrote = true;
+                return Poll::Ready(Wake::Inbox(next));
+            }
+        }
+        Poll::Pending
     }
 
     async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
@@ -524,12 +605,12 @@ impl Connection {
         let Self {
             socket,
             inbox,
+            give_up,
             settings,
             metrics,
             drain,
             ..
         } = self;
-        let too_slow = inbox.too_slow.clone();
         let write = async {
             let mut bytes = first.len();
             socket.feed(Message::Text(first)).await?;
@@ -543,7 +624,7 @@ impl Connection {
             }
             socket.flush().await
         };
-        guarded(write, settings, metrics, drain, &too_slow).await
+        guarded(write, settings, metrics, drain, give_up).await
     }
 
     async fn write(&mut self, message: Message) -> Result<(), Ending> {
@@ -552,8 +633,8 @@ impl Connection {
             write,
             &self.settings,
             &self.metrics,
-            &self.drain,
-            &self.inbox.too_slow,
+            &mut self.drain,
+            &self.give_up,
         )
         .await
     }
@@ -563,13 +644,15 @@ impl Connection {
 /// moment in the drain comes or the hub gives up on the client: tungstenite keeps whole frames in its buffer, so the close frame that
 /// follows still goes out intact if the client ever reads again.
 async fn guarded(
-    write: impl std::future::Future<Output = Result<(), axum::Error>>,
+    write: impl Future<Output = Result<(), axum::Error>>,
     settings: &ConnectionSettings,
     metrics: &Metrics,
-    drain: &Drain,
-    too_slow: &CancellationToken,
+    drain: &mut Drain,
+    give_up: &GiveUp,
 ) -> Result<(), Ending> {
     tokio::select! {
+        // Most writes complete at once: then nothing else is polled.
+        biased;
         written = timeout(settings.write_timeout, write) => match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Ending::Gone),
@@ -579,8 +662,8 @@ async fn guarded(
                 Err(Ending::Gone)
             }
         },
-        () = drain.reached() => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
-        () = too_slow.cancelled() => Err(Ending::Close(close::TRY_AGAIN_LATER, "client too slow")),
+        () = poll_fn(|cx| drain.poll_reached(cx)) => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
+        () = poll_fn(|cx| give_up.poll(cx)) => Err(Ending::Close(close::TRY_AGAIN_LATER, "client too slow")),
     }
 }
 

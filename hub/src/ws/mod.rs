@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod connection;
 pub mod endpoint;
+mod wake_source;
 
 pub use connection::{close, ConnectionSettings};
 pub use endpoint::{Endpoint, InvalidRequest, Watch};
