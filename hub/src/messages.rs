@@ -5,8 +5,8 @@
 //! struct, so that a state's (possibly large) `data`, rendered once, is wrapped without being
 //! serialized again.
 
-use axum::extract::ws::Utf8Bytes;
 use serde::Deserialize;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use vwed_publisher::timestamp_now;
 
 /// Which of the two entity kinds a topic or endpoint is about.

@@ -3,20 +3,21 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{self, Auth};
+use crate::auth::Auth;
 use crate::fanout::FanOut;
 use crate::page;
 use crate::ws::admission::Admission;
 use crate::ws::connection::Rejection;
+use crate::ws::upgrade::{Handshake, NotAHandshake};
 use crate::ws::{connection, endpoint, ConnectionSettings, Endpoint};
 
 /// Largest client frame or message accepted; larger ones close the connection with 1009.
@@ -65,7 +66,7 @@ async fn websocket(
     headers: HeaderMap,
     uri: Uri,
     RawQuery(query): RawQuery,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    handshake: Result<Handshake, NotAHandshake>,
 ) -> Response {
     // The raw path keeps the id percent-encoded, so `%2F` stays inside the id's segment.
     let rest = uri.path().strip_prefix("/ws/").unwrap_or_default();
@@ -76,22 +77,9 @@ async fn websocket(
     if raw_id.contains('/') {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     }
-    let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => {
-            // Any request here that is not a WebSocket handshake, whatever its method, is told
-            // to upgrade; a handshake with a bad version or key is a bad request.
-            let status = match rejection.status() {
-                StatusCode::BAD_REQUEST => StatusCode::BAD_REQUEST,
-                _ => StatusCode::UPGRADE_REQUIRED,
-            };
-            return (
-                status,
-                [(header::UPGRADE, "websocket")],
-                format!("{rejection}: this path serves WebSocket connections only\n"),
-            )
-                .into_response();
-        }
+    let handshake = match handshake {
+        Ok(handshake) => handshake,
+        Err(not_a_handshake) => return not_a_handshake.into_response(),
     };
     let metrics = state.fanout.context.metrics.clone();
     if !state.admission.origin_allowed(&headers) {
@@ -109,39 +97,40 @@ async fn websocket(
         grant.permits(endpoint.kind(), &watch.id)?;
         Ok((place, watch, grant.remaining()))
     });
-    let upgrade = upgrade
-        .protocols([auth::SUBPROTOCOL])
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        .max_frame_size(MAX_CLIENT_MESSAGE)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE))
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER);
     let raw_id = raw_id.to_owned();
     let tracker = state.connections.clone();
-    upgrade.on_upgrade(move |socket| {
-        tracker.track_future(async move {
-            let peer = SocketAddr::new(client_ip, peer.port());
-            match admitted {
-                Ok((_place, watch, expires_in)) => {
-                    connection::serve(
-                        socket,
-                        watch,
-                        state.fanout,
-                        state.settings,
-                        state.shutdown,
-                        peer,
-                        expires_in,
-                    )
-                    .await;
-                }
-                Err(rejection) => {
-                    let refusal =
-                        connection::refuse(socket, endpoint, &raw_id, rejection, peer, &metrics);
-                    // Boxed: a refusal is rare, and would otherwise size every connection's task.
-                    Box::pin(refusal).await;
-                }
+    let (response, life) = handshake.accept(config, move |socket| async move {
+        let peer = SocketAddr::new(client_ip, peer.port());
+        match admitted {
+            Ok((_place, watch, expires_in)) => {
+                connection::serve(
+                    socket,
+                    watch,
+                    state.fanout,
+                    state.settings,
+                    state.shutdown,
+                    peer,
+                    expires_in,
+                )
+                .await;
             }
-        })
-    })
+            Err(rejection) => {
+                let refusal =
+                    connection::refuse(socket, endpoint, &raw_id, rejection, peer, &metrics);
+                // Boxed: a refusal is rare, and would otherwise size every connection's task.
+                Box::pin(refusal).await;
+            }
+        }
+    });
+    // Tracked from here, not from the upgrade: a handshake that completes as the hub begins to
+    // drain is still waited for, and closed with the others.
+    tracker.spawn(life);
+    response
 }
 
 async fn ready(State(state): State<AppState>) -> Response {

@@ -1047,14 +1047,20 @@ fn rows() -> Vec<Row> {
         Row::ws("no Sec-WebSocket-Key", "/ws/task-execution/h-task")
             .without("Sec-WebSocket-Key")
             .http(400, "`Sec-WebSocket-Key` header missing"),
-        // RFC 6455 asks for 16 bytes in base64; the hub (axum) hashes whatever it gets, which
-        // harms no one: the client just cannot check the accept value.
+        // RFC 6455 asks for 16 bytes in base64: a client that sends anything else is not
+        // speaking the protocol, and could not check the answer.
         Row::ws(
             "a Sec-WebSocket-Key that is not base64",
             "/ws/task-execution/h-task",
         )
         .header("Sec-WebSocket-Key", "not base64!")
-        .then(vec![Step::State, Step::Open]),
+        .http(400, "`Sec-WebSocket-Key` header is not 16 bytes in base64"),
+        Row::ws(
+            "a Sec-WebSocket-Key of 15 bytes",
+            "/ws/task-execution/h-task",
+        )
+        .header("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAA")
+        .http(400, "`Sec-WebSocket-Key` header is not 16 bytes in base64"),
         Row::ws(
             "an Origin of invalid UTF-8, no allow-list",
             "/ws/task-execution/h-task",

@@ -347,6 +347,82 @@ async fn a_large_scene_is_paged(kind: BrokerKind) {
     assert_eq!(data["total_pages"], 1);
 }
 
+/// What a client library sees on the wire: a state longer than one frame comes as a text
+/// frame and continuations of at most 16 KiB, each cut between characters, only the last final,
+/// and together the same message a client reassembles.
+async fn a_large_state_travels_as_frames_of_at_most_16_kib(kind: BrokerKind) {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameSocket;
+
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
+    let many: Vec<StorageLocation> = (1..=600)
+        .map(|i| location("wide", &format!("l-{i:04}"), "A1", "库位站", i))
+        .collect();
+    owner.seed_scene("wide", many).await;
+    let hub = TestHub::start(&broker).await;
+    let mut client = Client::connect(&hub, "/ws/storage-location/wide").await;
+    let reassembled = client.next_json().await;
+    let length = reassembled.to_string().len();
+    assert!(length > 3 * 16 * 1024, "{length}");
+
+    let addr = hub.addr();
+    let frames = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /ws/storage-location/wide HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        let mut socket = FrameSocket::new(stream);
+        let mut frames = Vec::new();
+        loop {
+            let frame = socket.read(None).unwrap().expect("the hub closed");
+            let last = frame.header().is_final;
+            frames.push((last, frame.header().opcode, frame.into_payload()));
+            if last {
+                return frames;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(frames.len() >= 4, "{} frames", frames.len());
+    assert_eq!(frames[0].1, OpCode::Data(Data::Text));
+    for (last, opcode, payload) in &frames[1..] {
+        assert_eq!(*opcode, OpCode::Data(Data::Continue));
+        assert!(payload.len() <= 16 * 1024);
+        assert!(
+            std::str::from_utf8(payload).is_ok(),
+            "a frame split a character"
+        );
+        assert_eq!(*last, std::ptr::eq(payload, &frames.last().unwrap().2));
+    }
+    let joined: Vec<u8> = frames.iter().flat_map(|f| f.2.iter().copied()).collect();
+    let joined: Value = serde_json::from_slice(&joined).expect("the frames join into JSON");
+    // The same state (each message has its own timestamp).
+    assert_eq!(joined["type"], "storage_location_update");
+    assert!(
+        joined["data"] == reassembled["data"],
+        "the frames joined into another state"
+    );
+}
+
 async fn get_status_answers_even_when_nothing_changed(kind: BrokerKind) {
     let (_broker, _owner, hub) = start(kind, "s-g").await;
     let mut client =
@@ -441,6 +517,7 @@ on_both_brokers!(
     a_change_outside_the_filter_pushes_nothing,
     broadcast_sends_changes_as_they_happen,
     a_large_scene_is_paged,
+    a_large_state_travels_as_frames_of_at_most_16_kib,
     get_status_answers_even_when_nothing_changed,
     a_scene_that_appears_later_starts_with_its_state_not_a_change,
     a_slow_reader_ends_with_the_latest_word_on_every_location,

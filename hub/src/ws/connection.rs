@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::{SinkExt, StreamExt};
 use tokio::time::{timeout, Instant, Interval, Sleep};
-use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::{self, protocol::CloseFrame, Message, Utf8Bytes};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::admission::Refusal;
 use super::endpoint::{Endpoint, InvalidRequest, Watch};
+use super::fragments::Fragments;
+use super::upgrade::WebSocket;
 use super::wake_source::WakeSource;
 use crate::auth::Denied;
 use crate::fanout::{outbox, FanOut, GiveUp, Inbox, Member, Membership, Mode, Next};
@@ -461,7 +462,7 @@ enum Wake {
     /// The fan-out has something for the client, or has given up on it.
     Inbox(Next),
     /// The client sent something, or its side ended (`None`).
-    Client(Option<Result<Message, axum::Error>>),
+    Client(Option<Result<Message, tungstenite::Error>>),
     /// Time for a Ping frame.
     Ping,
     /// The client's token expired.
@@ -587,10 +588,11 @@ impl Connection {
                 Some(self.envelope.error(&ClientMessageError::Binary.to_string()))
             }
             // tungstenite answers Pings itself; a Pong is just a sign of life.
-            Message::Ping(_) | Message::Pong(_) => None,
+            // Reading yields whole messages; raw frames exist only for writing.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
             // tungstenite queues the close reply; the next read completes the handshake.
             Message::Close(frame) => {
-                self.client_close = Some(frame.map_or(1005, |frame| frame.code));
+                self.client_close = Some(frame.map_or(1005, |frame| u16::from(frame.code)));
                 return self.socket.flush().await.map_err(|_| Ending::Gone);
             }
         };
@@ -613,14 +615,14 @@ impl Connection {
         } = self;
         let write = async {
             let mut bytes = first.len();
-            socket.feed(Message::Text(first)).await?;
+            feed(socket, first).await?;
             for _ in 1..MAX_BATCH {
                 if bytes >= MAX_BATCH_BYTES {
                     break;
                 }
                 let Some(frame) = inbox.try_next() else { break };
                 bytes += frame.len();
-                socket.feed(Message::Text(frame)).await?;
+                feed(socket, frame).await?;
             }
             socket.flush().await
         };
@@ -640,11 +642,19 @@ impl Connection {
     }
 }
 
+/// Queues one message for the socket, a long one as several frames (see [`Fragments`]).
+async fn feed(socket: &mut WebSocket, text: Frame) -> Result<(), tungstenite::Error> {
+    for message in Fragments::of(text) {
+        socket.feed(message).await?;
+    }
+    Ok(())
+}
+
 /// Runs a socket write, bounded by the write timeout, and abandons it when the connection's
 /// moment in the drain comes or the hub gives up on the client: tungstenite keeps whole frames in its buffer, so the close frame that
 /// follows still goes out intact if the client ever reads again.
 async fn guarded(
-    write: impl Future<Output = Result<(), axum::Error>>,
+    write: impl Future<Output = Result<(), tungstenite::Error>>,
     settings: &ConnectionSettings,
     metrics: &Metrics,
     drain: &mut Drain,
@@ -668,18 +678,16 @@ async fn guarded(
 }
 
 /// Maps a read error to how the connection ends: an oversized frame is answered with 1009.
-fn read_error(error: axum::Error) -> Ending {
-    let inner = error.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Ending::Close(close::TOO_BIG, "message too big"),
+fn read_error(error: tungstenite::Error) -> Ending {
+    use tungstenite::error::ProtocolError;
+    match error {
+        tungstenite::Error::Capacity(_) => Ending::Close(close::TOO_BIG, "message too big"),
         // The client is there and talking, just not in UTF-8: tell it why, rather than hang up
         // as if the network had failed.
-        Some(tungstenite::Error::Utf8(_)) => Ending::Close(close::INVALID_DATA, "invalid UTF-8"),
+        tungstenite::Error::Utf8(_) => Ending::Close(close::INVALID_DATA, "invalid UTF-8"),
         // A peer that vanished (killed, network gone) is no protocol error of the client's.
-        Some(tungstenite::Error::Protocol(
-            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        )) => Ending::Gone,
-        Some(tungstenite::Error::Protocol(_)) => Ending::Close(1002, "protocol error"),
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::Gone,
+        tungstenite::Error::Protocol(_) => Ending::Close(1002, "protocol error"),
         _ => Ending::Gone,
     }
 }
@@ -694,13 +702,13 @@ async fn close_socket(
     send_within: Duration,
 ) {
     let frame = CloseFrame {
-        code,
+        code: code.into(),
         reason: Utf8Bytes::from_static(reason),
     };
     let sent = timeout(send_within, socket.send(Message::Close(Some(frame)))).await;
     if matches!(sent, Ok(Ok(()))) {
         let _ = timeout(CLOSE_GRACE, async {
-            while let Some(Ok(_)) = socket.recv().await {}
+            while let Some(Ok(_)) = socket.next().await {}
         })
         .await;
     }

@@ -4,6 +4,8 @@
 pub mod admission;
 pub mod connection;
 pub mod endpoint;
+mod fragments;
+pub mod upgrade;
 mod wake_source;
 
 pub use connection::{close, ConnectionSettings};
