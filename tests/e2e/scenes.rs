@@ -348,9 +348,9 @@ async fn a_large_scene_is_paged(kind: BrokerKind) {
 }
 
 /// What a client library sees on the wire: a state longer than one frame comes as a text
-/// frame and continuations of at most 16 KiB, each cut between characters, only the last final,
+/// frame and continuations of at most 8 KiB, each cut between characters, only the last final,
 /// and together the same message a client reassembles.
-async fn a_large_state_travels_as_frames_of_at_most_16_kib(kind: BrokerKind) {
+async fn a_large_state_travels_as_frames_of_at_most_8_kib(kind: BrokerKind) {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::FrameSocket;
 
@@ -364,7 +364,7 @@ async fn a_large_state_travels_as_frames_of_at_most_16_kib(kind: BrokerKind) {
     let mut client = Client::connect(&hub, "/ws/storage-location/wide").await;
     let reassembled = client.next_json().await;
     let length = reassembled.to_string().len();
-    assert!(length > 3 * 16 * 1024, "{length}");
+    assert!(length > 3 * 8 * 1024, "{length}");
 
     let addr = hub.addr();
     let frames = tokio::task::spawn_blocking(move || {
@@ -406,7 +406,7 @@ async fn a_large_state_travels_as_frames_of_at_most_16_kib(kind: BrokerKind) {
     assert_eq!(frames[0].1, OpCode::Data(Data::Text));
     for (last, opcode, payload) in &frames[1..] {
         assert_eq!(*opcode, OpCode::Data(Data::Continue));
-        assert!(payload.len() <= 16 * 1024);
+        assert!(payload.len() <= 8 * 1024);
         assert!(
             std::str::from_utf8(payload).is_ok(),
             "a frame split a character"
@@ -517,7 +517,7 @@ on_both_brokers!(
     a_change_outside_the_filter_pushes_nothing,
     broadcast_sends_changes_as_they_happen,
     a_large_scene_is_paged,
-    a_large_state_travels_as_frames_of_at_most_16_kib,
+    a_large_state_travels_as_frames_of_at_most_8_kib,
     get_status_answers_even_when_nothing_changed,
     a_scene_that_appears_later_starts_with_its_state_not_a_change,
     a_slow_reader_ends_with_the_latest_word_on_every_location,

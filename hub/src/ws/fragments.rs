@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// The longest frame payload the hub writes.
-pub const MAX_FRAME: usize = 16 * 1024;
+pub const MAX_FRAME: usize = 8 * 1024;
 
 /// The frames that carry one text message, in order.
 pub enum Fragments {
