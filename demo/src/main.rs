@@ -1,13 +1,12 @@
 //! `vwed-demo`: publishes the demo simulation to a real NATS server, so that a hub started with
 //! `--nats-url` shows live data on its monitoring page.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use vwed_demo::{Demo, DemoConfig};
 use vwed_publisher::security::redact_url;
-use vwed_publisher::{NatsSecurity, Publisher};
+use vwed_publisher::Publisher;
 
 /// vwed-demo: simulated task engines and storage services for vwed-hub.
 ///
@@ -49,97 +48,10 @@ struct Args {
     #[arg(long, env = "VWED_DEMO_STEP_INTERVAL", default_value = "1500ms", value_parser = parse_duration)]
     step_interval: Duration,
 
-    /// NATS authentication and TLS, as the hub takes them.
+    /// NATS authentication and TLS: the hub's `--nats-*` flags and environment variables, so
+    /// that one environment configures both.
     #[command(flatten)]
-    security: SecurityArgs,
-}
-
-/// The hub's `--nats-*` security flags, with the same names and environment variables, so one
-/// environment configures both.
-#[derive(Clone, clap::Args)]
-#[command(next_help_heading = "NATS authentication and TLS")]
-struct SecurityArgs {
-    /// User name for NATS; needs --nats-password.
-    #[arg(long, env = "VWED_NATS_USER", requires = "nats_password",
-          conflicts_with_all = ["nats_token", "nats_nkey", "nats_creds"])]
-    nats_user: Option<String>,
-
-    /// Password of --nats-user (prefer the environment variable).
-    #[arg(
-        long,
-        env = "VWED_NATS_PASSWORD",
-        requires = "nats_user",
-        hide_env_values = true
-    )]
-    nats_password: Option<String>,
-
-    /// Token for NATS (prefer the environment variable).
-    #[arg(long, env = "VWED_NATS_TOKEN", hide_env_values = true,
-          conflicts_with_all = ["nats_nkey", "nats_creds"])]
-    nats_token: Option<String>,
-
-    /// File holding a user nkey seed (`SU...`).
-    #[arg(
-        long,
-        env = "VWED_NATS_NKEY",
-        value_name = "SEED_FILE",
-        conflicts_with = "nats_creds"
-    )]
-    nats_nkey: Option<PathBuf>,
-
-    /// Credentials file (user JWT and seed), for servers in operator mode.
-    #[arg(long, env = "VWED_NATS_CREDS", value_name = "CREDS_FILE")]
-    nats_creds: Option<PathBuf>,
-
-    /// PEM file of the CAs that signed the NATS servers' certificates.
-    #[arg(long, env = "VWED_NATS_TLS_CA", value_name = "PEM_FILE")]
-    nats_tls_ca: Option<PathBuf>,
-
-    /// PEM client certificate for mutual TLS; needs --nats-tls-key.
-    #[arg(
-        long,
-        env = "VWED_NATS_TLS_CERT",
-        value_name = "PEM_FILE",
-        requires = "nats_tls_key"
-    )]
-    nats_tls_cert: Option<PathBuf>,
-
-    /// PEM private key of --nats-tls-cert.
-    #[arg(
-        long,
-        env = "VWED_NATS_TLS_KEY",
-        value_name = "PEM_FILE",
-        requires = "nats_tls_cert"
-    )]
-    nats_tls_key: Option<PathBuf>,
-
-    /// Use TLS to NATS even when the server does not ask for it.
-    #[arg(long, env = "VWED_NATS_TLS_REQUIRED", action = clap::ArgAction::SetTrue,
-          value_parser = clap::builder::BoolishValueParser::new())]
-    nats_tls_required: bool,
-}
-
-impl SecurityArgs {
-    fn security(&self) -> NatsSecurity {
-        NatsSecurity {
-            user: self.nats_user.clone(),
-            password: self.nats_password.clone(),
-            token: self.nats_token.clone(),
-            nkey_seed_file: self.nats_nkey.clone(),
-            creds_file: self.nats_creds.clone(),
-            tls_ca: self.nats_tls_ca.clone(),
-            tls_cert: self.nats_tls_cert.clone(),
-            tls_key: self.nats_tls_key.clone(),
-            tls_required: self.nats_tls_required,
-        }
-    }
-}
-
-impl std::fmt::Debug for SecurityArgs {
-    /// The SDK's redacted form: which secrets are set, never their values.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&self.security(), f)
-    }
+    security: vwed_publisher::NatsFlags,
 }
 
 #[tokio::main]
@@ -264,6 +176,10 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
+    use vwed_publisher::NatsSecurity;
+
     use super::*;
 
     #[test]

@@ -285,4 +285,57 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
     }
+
+    /// Why the hub refuses `args`, or "(accepted)".
+    fn refused(args: &[&str]) -> String {
+        let mut all = vec!["vwed-hub"];
+        all.extend_from_slice(args);
+        match Config::try_parse_from(all) {
+            Ok(_) => String::from("(accepted)"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn two_ways_to_authenticate_to_nats_are_refused_naming_both() {
+        let error = refused(&["--nats-token", "t", "--nats-creds", "a.creds"]);
+        assert!(
+            error.contains(
+                "'--nats-token <NATS_TOKEN>' cannot be used with '--nats-creds <CREDS_FILE>'"
+            ),
+            "{error}"
+        );
+        let error = refused(&[
+            "--nats-user",
+            "u",
+            "--nats-password",
+            "p",
+            "--nats-nkey",
+            "s",
+        ]);
+        assert!(error.contains("cannot be used with"), "{error}");
+    }
+
+    #[test]
+    fn halves_of_nats_pairs_are_refused() {
+        assert!(refused(&["--nats-user", "u"]).contains("--nats-password"));
+        assert!(refused(&["--nats-password", "p"]).contains("--nats-user"));
+        assert!(refused(&["--nats-tls-cert", "c.pem"]).contains("--nats-tls-key"));
+    }
+
+    #[test]
+    fn nats_secrets_stay_out_of_debug_output() {
+        let config = Config::parse_from([
+            "vwed-hub",
+            "--nats-user",
+            "hub",
+            "--nats-password",
+            "s3cret",
+        ]);
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("\"hub\""), "{shown}");
+        let token = Config::parse_from(["vwed-hub", "--nats-token", "t0ken"]);
+        assert!(!format!("{token:?}").contains("t0ken"));
+    }
 }

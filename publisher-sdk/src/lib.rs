@@ -51,6 +51,10 @@
 //! CA, client certificates) is reached by applying a [`NatsSecurity`] to the connect options; the
 //! hub and the demo take the same settings from their `--nats-*` flags. See [`security`].
 //!
+//! Those flags are `NatsFlags`, behind the `cli` feature (which brings clap): a publisher's own
+//! binary flattens it into its clap arguments (`#[command(flatten)] nats: NatsFlags`) to take
+//! the same flags and `VWED_NATS_*` environment variables as the hub.
+//!
 //! ## Example
 //!
 //! A task engine that appends a result and answers snapshots from its in-memory state
@@ -104,6 +108,8 @@
 //! ```
 #![deny(missing_docs)]
 
+#[cfg(feature = "cli")]
+mod flags;
 mod link;
 pub mod memory;
 mod publisher;
@@ -113,6 +119,8 @@ pub mod security;
 pub mod subject;
 pub mod wire;
 
+#[cfg(feature = "cli")]
+pub use flags::NatsFlags;
 pub use memory::MemoryBus;
 pub use publisher::Publisher;
 pub use responder::SnapshotResponder;

@@ -5,7 +5,6 @@
 //! request/reply for snapshots, and word of connection changes and lost messages (after which
 //! every served key is re-snapshotted, since events may have been missed).
 
-mod flags;
 mod memory;
 mod nats;
 
@@ -16,9 +15,11 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use tokio::sync::broadcast;
 
-pub use flags::NatsFlags;
 pub use memory::MemoryBroker;
 pub use nats::{server_list, NatsBroker};
+// The `--nats-*` flags live in the SDK, shared with the demo and publishers' binaries; named
+// here too because they configure this module's NATS broker.
+pub use vwed_publisher::NatsFlags;
 
 /// Payloads published on one subject, in order. Dropping the stream unsubscribes.
 pub type Subscription = BoxStream<'static, Bytes>;
