@@ -319,33 +319,8 @@ async fn fanout_on(
         false,
     );
     let (mut pool, mut connected) = connect(&job, clients, spread).await?;
-    let run = |report: &mut Report, rate: f64, measured: &Measured| {
-        fill(report, measured);
-        report.set("rate", rate);
-        report.set("duration_secs", duration.as_secs_f64());
-    };
-    let Some((p99_limit, max_steps)) = sweep else {
-        let measured = measure(
-            &mut pool,
-            owner,
-            &target,
-            Load {
-                round: 1,
-                traffic: &Traffic::Tasks {
-                    keys: &keys,
-                    padding,
-                },
-                rate,
-                duration,
-                grace: spread.grace,
-            },
-        )
-        .await?;
-        let mut report = connected_report("fanout", &target, clients, &connected);
-        run(&mut report, rate, &measured);
-        report.snapshot_requests = requests();
-        return Ok(report);
-    };
+    // A single run is the first step of a sweep, reported as it is.
+    let (p99_limit, max_steps) = sweep.unwrap_or((f64::INFINITY, 1));
     let mut best: Option<(f64, Report)> = None;
     let mut failed_at: Option<f64> = None;
     let mut steps = Vec::new();
@@ -369,7 +344,13 @@ async fn fanout_on(
         )
         .await?;
         let mut report = connected_report("fanout", &target, clients, &connected);
-        run(&mut report, rate, &measured);
+        fill(&mut report, &measured);
+        report.set("rate", rate);
+        report.set("duration_secs", duration.as_secs_f64());
+        if sweep.is_none() {
+            report.snapshot_requests = requests();
+            return Ok(report);
+        }
         let pass = report.lost == 0
             && report.closed == 0
             && report.connected == clients
