@@ -91,6 +91,34 @@ async fn realtime_conflates_changes_into_one_update_per_interval(kind: BrokerKin
     client.expect_silence(Duration::from_millis(4500)).await;
 }
 
+/// Each interval keeps its own clock on one key: a slow panel does not hold back a fast one,
+/// and the fast one's updates do not hurry the slow one.
+async fn panels_with_different_intervals_on_one_task_each_keep_theirs(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
+    owner.seed_task("t-iv", results(&["[a] 1"])).await;
+    let hub = TestHub::start(&broker).await;
+
+    let mut slow = Client::connect(&hub, "/ws/task-execution/t-iv?interval=6").await;
+    update_data(&slow.next_json().await, "t-iv");
+    let mut fast = Client::connect(&hub, "/ws/task-execution/t-iv?interval=1").await;
+    update_data(&fast.next_json().await, "t-iv");
+    let fast_joined = Instant::now();
+    owner.append("t-iv", "[b] 2", TaskStatus::Running).await;
+
+    let update = update_data(&fast.next_json().await, "t-iv");
+    let waited = fast_joined.elapsed();
+    assert!(
+        waited < Duration::from_millis(2500),
+        "the 1 s panel waited {waited:?}"
+    );
+    assert_eq!(update.as_array().unwrap().len(), 2);
+    // The 6 s panel hears nothing before its own interval.
+    slow.expect_silence(Duration::from_millis(3000)).await;
+    let update = update_data(&slow.next_json().await, "t-iv");
+    assert_eq!(update.as_array().unwrap().len(), 2);
+}
+
 async fn realtime_pushes_nothing_while_nothing_changes(kind: BrokerKind) {
     let broker = TestBroker::start(kind).await;
     let owner = Owner::start(&broker).await;
@@ -304,6 +332,7 @@ on_both_brokers!(
     realtime_sends_the_full_list_on_connect,
     realtime_conflates_changes_into_one_update_per_interval,
     realtime_pushes_nothing_while_nothing_changes,
+    panels_with_different_intervals_on_one_task_each_keep_theirs,
     broadcast_forwards_each_event_with_its_own_results,
     get_status_answers_at_once_on_both_endpoints,
     two_clients_share_one_subscription_that_ends_with_the_last,

@@ -3,6 +3,7 @@
 //! [`Registry`] maps keys to `topic` tasks; each topic owns its key's view and its members'
 //! queues. Connections see only [`Registry::join`], [`Membership`] and their [`Inbox`].
 
+mod mailbox;
 mod member;
 mod registry;
 mod topic;

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 use vwed_publisher::Subjects;
 
+use super::mailbox::{self, Sender};
 use super::member::{Member, MemberId};
 use super::topic::Topic;
 use crate::broker::Broker;
@@ -53,7 +53,7 @@ pub(super) struct TopicHandle<F> {
     pub members: Arc<AtomicUsize>,
     /// Unbounded because leaves must never be lost or wait; the number of commands in flight is
     /// bounded by the number of connections.
-    pub commands: mpsc::UnboundedSender<Command<F>>,
+    pub commands: Sender<Command<F>>,
 }
 
 impl<F> Clone for TopicHandle<F> {
@@ -133,7 +133,7 @@ impl<V: View> Registry<V> {
                         status_requested,
                     }
                 }
-                Err(mpsc::error::SendError(returned)) => {
+                Err(returned) => {
                     // The topic task ended without removing itself (it cannot, short of a
                     // bug); replace it rather than lose the member.
                     tracing::error!(id, "topic task ended unexpectedly; restarting it");
@@ -163,7 +163,7 @@ impl<V: View> Registry<V> {
 
     fn spawn_topic(&self, id: &str) -> TopicHandle<V::Filter> {
         static SERIAL: AtomicU64 = AtomicU64::new(1);
-        let (commands, receiver) = mpsc::unbounded_channel();
+        let (commands, receiver) = mailbox::mailbox();
         let handle = TopicHandle {
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             members: Arc::new(AtomicUsize::new(0)),

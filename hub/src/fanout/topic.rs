@@ -24,10 +24,10 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
-use tokio::time::{sleep, Instant, Sleep};
-use tokio_util::time::{delay_queue, DelayQueue};
 
+use tokio::time::{sleep, Instant, Sleep};
+
+use super::mailbox::Receiver;
 use super::member::{Delivery, Member, MemberId, Mode, Outbox};
 use super::registry::{Command, Departure, TopicContext};
 use crate::broker::{BrokerError, Subscription};
@@ -68,7 +68,7 @@ pub struct Topic<V: View> {
     /// Removes this topic from the registry when its last member leaves.
     departure: Departure<V::Filter>,
     /// Joins, leaves, status requests and resnapshot orders.
-    commands: mpsc::UnboundedReceiver<Command<V::Filter>>,
+    commands: Receiver<Command<V::Filter>>,
     /// The key's events; `None` until subscribed (and again if the broker closed it).
     events: Option<Subscription>,
     /// The state; `None` until the first snapshot answered (found or not).
@@ -89,8 +89,6 @@ pub struct Topic<V: View> {
     groups: HashMap<GroupKey<V::Filter>, Group>,
     /// One render per distinct filter, shared by every group with that filter.
     renders: HashMap<V::Filter, Render>,
-    /// When each group is next due.
-    ticks: DelayQueue<GroupKey<V::Filter>>,
     /// Causes already logged at warn level, so a broken publisher cannot flood the log.
     warned: HashSet<&'static str>,
     /// The counter of broker messages for this key's kind, looked up once rather than per event.
@@ -196,8 +194,10 @@ struct Watcher<F> {
 /// The realtime members of one filter and interval.
 struct Group {
     members: HashSet<MemberId>,
-    /// The group's entry in `ticks`.
-    tick: delay_queue::Key,
+    /// When the group is next due. A topic has a handful of groups at most, so the earliest
+    /// is found by looking at each; a timing wheel (`DelayQueue`) would allocate 6 KB per
+    /// watched key up front.
+    next_tick: Instant,
 }
 
 /// A filtered state rendered once for every member with the same filter.
@@ -232,7 +232,7 @@ impl<V: View> Topic<V> {
         id: String,
         context: Arc<TopicContext>,
         departure: Departure<V::Filter>,
-        commands: mpsc::UnboundedReceiver<Command<V::Filter>>,
+        commands: Receiver<Command<V::Filter>>,
     ) -> Self {
         let received = context.metrics.broker_messages_counter(V::KIND.label());
         Self {
@@ -251,7 +251,6 @@ impl<V: View> Topic<V> {
             members: HashMap::new(),
             groups: HashMap::new(),
             renders: HashMap::new(),
-            ticks: DelayQueue::new(),
             warned: HashSet::new(),
             received,
         }
@@ -286,9 +285,8 @@ impl<V: View> Topic<V> {
                     SnapshotStep::Replied(reply) => self.on_snapshot(reply),
                     SnapshotStep::RetryDue => self.request_snapshot().await,
                 },
-                Some(due) = self.ticks.next(), if !self.ticks.is_empty() => {
-                    let deadline = due.deadline();
-                    self.on_tick(due.into_inner(), deadline);
+                () = sleep_until_earliest(&self.groups), if !self.groups.is_empty() => {
+                    self.on_due_ticks();
                 }
             }
         }
@@ -323,12 +321,11 @@ impl<V: View> Topic<V> {
         let realtime = match &member.mode {
             Mode::Realtime { filter, interval } => {
                 let key = (filter.clone(), *interval);
-                let ticks = &mut self.ticks;
                 self.groups
                     .entry(key.clone())
                     .or_insert_with(|| Group {
                         members: HashSet::new(),
-                        tick: ticks.insert(key, *interval),
+                        next_tick: Instant::now() + *interval,
                     })
                     .members
                     .insert(member.id);
@@ -362,9 +359,7 @@ impl<V: View> Topic<V> {
         };
         group.members.remove(&id);
         if group.members.is_empty() {
-            if let Some(group) = self.groups.remove(&key) {
-                self.ticks.remove(&group.tick);
-            }
+            self.groups.remove(&key);
             if !self.groups.keys().any(|(other, _)| *other == key.0) {
                 self.renders.remove(&key.0);
             }
@@ -412,8 +407,8 @@ impl<V: View> Topic<V> {
                     // The first state of a group sets its clock, so its first periodic update
                     // comes one interval later, not up to two; a clock others wait on stays.
                     if !clock_in_use {
-                        if let Some(group) = self.groups.get(&(filter.clone(), *interval)) {
-                            self.ticks.reset_at(&group.tick, now + *interval);
+                        if let Some(group) = self.groups.get_mut(&(filter.clone(), *interval)) {
+                            group.next_tick = now + *interval;
                         }
                     }
                 }
@@ -457,6 +452,21 @@ impl<V: View> Topic<V> {
             })
     }
 
+    /// Every group whose tick has come, in the order they fell due.
+    fn on_due_ticks(&mut self) {
+        let now = Instant::now();
+        let mut due: Vec<_> = self
+            .groups
+            .iter()
+            .filter(|(_, group)| group.next_tick <= now)
+            .map(|(key, group)| (group.next_tick, key.clone()))
+            .collect();
+        due.sort_by_key(|(deadline, _)| *deadline);
+        for (deadline, key) in due {
+            self.on_tick(key, deadline);
+        }
+    }
+
     /// A group's tick, scheduled for `deadline`: members whose view changed and whose interval
     /// has passed get the state, rendered and stamped once for all of them.
     fn on_tick(&mut self, key: GroupKey<V::Filter>, deadline: Instant) {
@@ -475,7 +485,7 @@ impl<V: View> Topic<V> {
         } else {
             deadline + *interval
         };
-        group.tick = self.ticks.insert_at(key.clone(), next_tick);
+        group.next_tick = next_tick;
         let Some(view) = self.view.as_ref().filter(|view| view.exists()) else {
             return;
         };
@@ -798,6 +808,14 @@ fn retry_delay(failures: u32) -> Duration {
     FIRST_RETRY_DELAY
         .saturating_mul(2u32.pow(exponent))
         .min(MAX_RETRY_DELAY)
+}
+
+/// Resolves when the earliest group is due.
+async fn sleep_until_earliest<K>(groups: &HashMap<K, Group>) {
+    match groups.values().map(|group| group.next_tick).min() {
+        Some(earliest) => tokio::time::sleep_until(earliest).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_event(events: &mut Option<Subscription>) -> Option<Bytes> {
