@@ -298,6 +298,8 @@ impl Drop for Outbox {
 impl Drop for Inbox {
     fn drop(&mut self) {
         self.lanes.receiver_gone.store(true, Ordering::Release);
+        // The finished task's waker would keep its memory until the topic drops the outbox.
+        drop(self.lanes.writer.take());
         if let Ok(mut changes) = self.lanes.changes.lock() {
             changes.clear();
         }

@@ -593,7 +593,17 @@ impl Connection {
             // tungstenite queues the close reply; the next read completes the handshake.
             Message::Close(frame) => {
                 self.client_close = Some(frame.map_or(1005, |frame| u16::from(frame.code)));
-                return self.socket.flush().await.map_err(|_| Ending::Gone);
+                // Bounded like any write: a client that closes and then stops reading must
+                // not hold the connection past the write timeout or its moment in the drain.
+                let Self {
+                    socket,
+                    give_up,
+                    settings,
+                    metrics,
+                    drain,
+                    ..
+                } = self;
+                return guarded(socket.flush(), settings, metrics, drain, give_up).await;
             }
         };
         match reply {

@@ -75,12 +75,20 @@ impl NotAHandshake {
 
 impl IntoResponse for NotAHandshake {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status(),
             [(header::UPGRADE, "websocket")],
             format!("{self}: this path serves WebSocket connections only\n"),
         )
-            .into_response()
+            .into_response();
+        if self == Self::VersionNot13 {
+            // Section 4.4: say which version the hub speaks.
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        response
     }
 }
 
@@ -108,14 +116,18 @@ impl<S: Sync> FromRequestParts<S> for Handshake {
         if decoded.map_or(true, |nonce| nonce.len() != 16) {
             return Err(NotAHandshake::KeyInvalid);
         }
-        if !lists(headers, header::SEC_WEBSOCKET_VERSION, "13") {
+        let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+        let version = versions.next().map(|v| v.as_bytes().trim_ascii());
+        if version != Some(b"13".as_slice()) || versions.next().is_some() {
             return Err(NotAHandshake::VersionNot13);
         }
-        let offers_protocol = lists(
-            headers,
-            header::SEC_WEBSOCKET_PROTOCOL,
-            crate::auth::SUBPROTOCOL,
-        );
+        // Subprotocol names are compared exactly (section 4.1): one offered as `VWED` is not
+        // ours, and echoing `vwed` would make the browser fail the connection.
+        let offers_protocol = headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+            .any(|item| item.trim_ascii() == crate::auth::SUBPROTOCOL.as_bytes());
         let on_upgrade = parts
             .extensions
             .remove::<OnUpgrade>()
