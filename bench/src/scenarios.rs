@@ -12,7 +12,7 @@ use vwed_publisher::{StorageLocation, Subjects};
 
 use crate::cli::{
     ClientArgs, CompareArgs, ConnectStormArgs, FanoutArgs, IdleArgs, ManyKeysArgs, SlowClientArgs,
-    StorageArgs,
+    StorageArgs, TargetArgs,
 };
 use crate::client::{self, Dial, StreamSpec};
 use crate::owner::{Owner, Pacer};
@@ -402,15 +402,31 @@ async fn fanout_on(
     Ok(report)
 }
 
+/// What every scenario starts with: the servers it measures (started here unless given) and
+/// the owner that answers snapshot requests and publishes.
+async fn start(
+    servers: &TargetArgs,
+    hub: bool,
+    nats_websocket: bool,
+) -> anyhow::Result<(Env, Owner)> {
+    let env = Env::start(servers, hub, nats_websocket).await?;
+    let owner = Owner::start(&env.nats_url).await?;
+    Ok((env, owner))
+}
+
+/// [`start`] for a scenario that measures one target.
+async fn start_for(servers: &TargetArgs, kind: TargetKind) -> anyhow::Result<(Env, Owner)> {
+    start(
+        servers,
+        kind == TargetKind::Hub,
+        kind == TargetKind::NatsServer,
+    )
+    .await
+}
+
 /// `fanout`.
 pub async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
-    let env = Env::start(
-        &args.servers,
-        args.target == TargetKind::Hub,
-        args.target == TargetKind::NatsServer,
-    )
-    .await?;
-    let owner = Owner::start(&env.nats_url).await?;
+    let (env, owner) = start_for(&args.servers, args.target).await?;
     let sweep = args.sweep.then_some((args.p99_limit_ms, args.sweep_steps));
     let report = fanout_on(
         &env,
@@ -472,13 +488,7 @@ async fn idle_on(
 
 /// `idle`.
 pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
-    let env = Env::start(
-        &args.servers,
-        args.target == TargetKind::Hub,
-        args.target == TargetKind::NatsServer,
-    )
-    .await?;
-    let owner = Owner::start(&env.nats_url).await?;
+    let (env, owner) = start_for(&args.servers, args.target).await?;
     let report = idle_on(
         &env,
         &owner,
@@ -495,13 +505,7 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
 
 /// `many-keys`.
 pub async fn many_keys(args: ManyKeysArgs) -> anyhow::Result<()> {
-    let env = Env::start(
-        &args.servers,
-        args.target == TargetKind::Hub,
-        args.target == TargetKind::NatsServer,
-    )
-    .await?;
-    let owner = Owner::start(&env.nats_url).await?;
+    let (env, owner) = start_for(&args.servers, args.target).await?;
     let target = env.target(args.target)?;
     let keys: Vec<String> = (0..args.keys.max(1)).map(task_key).collect();
     for key in &keys {
@@ -561,8 +565,7 @@ fn bench_location(scene: &str, index: usize, area: usize) -> StorageLocation {
 
 /// `storage`.
 pub async fn storage(args: StorageArgs) -> anyhow::Result<()> {
-    let env = Env::start(&args.servers, true, false).await?;
-    let owner = Owner::start(&env.nats_url).await?;
+    let (env, owner) = start_for(&args.servers, TargetKind::Hub).await?;
     let target = env.target(TargetKind::Hub)?;
     let scene = "bench-scene";
     let filters = args.filters.max(1);
@@ -622,8 +625,7 @@ pub async fn storage(args: StorageArgs) -> anyhow::Result<()> {
 
 /// `connect-storm`.
 pub async fn connect_storm(args: ConnectStormArgs) -> anyhow::Result<()> {
-    let env = Env::start(&args.servers, true, false).await?;
-    let owner = Owner::start(&env.nats_url).await?;
+    let (env, owner) = start_for(&args.servers, TargetKind::Hub).await?;
     let target = env.target(TargetKind::Hub)?;
     let keys: Vec<String> = (0..args.keys.max(1)).map(task_key).collect();
     for key in &keys {
@@ -663,8 +665,7 @@ pub async fn connect_storm(args: ConnectStormArgs) -> anyhow::Result<()> {
 
 /// `slow-client`.
 pub async fn slow_client(args: SlowClientArgs) -> anyhow::Result<()> {
-    let env = Env::start(&args.servers, true, false).await?;
-    let owner = Owner::start(&env.nats_url).await?;
+    let (env, owner) = start_for(&args.servers, TargetKind::Hub).await?;
     let target = env.target(TargetKind::Hub)?;
     let keys = vec![task_key(0)];
     owner.seed_task(&keys[0]);
@@ -785,8 +786,7 @@ fn latency_ms(measured: &Measured, quantile: f64) -> Option<f64> {
 
 /// `compare`.
 pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
-    let env = Env::start(&args.servers, true, true).await?;
-    let owner = Owner::start(&env.nats_url).await?;
+    let (env, owner) = start(&args.servers, true, true).await?;
     let sweep = args.sweep.then_some((args.p99_limit_ms, args.sweep_steps));
     let mut fanouts = Vec::new();
     let mut idles = Vec::new();
