@@ -117,6 +117,8 @@ mod responder;
 pub mod rev;
 pub mod security;
 pub mod subject;
+#[cfg(test)]
+mod vectors_test;
 pub mod wire;
 
 #[cfg(feature = "cli")]
@@ -126,15 +128,21 @@ pub use publisher::Publisher;
 pub use responder::SnapshotResponder;
 pub use rev::HybridClock;
 pub use security::{NatsSecurity, SecurityError};
-pub use subject::{decode_key, encode_key, Subjects};
+pub use subject::{decode_key, encode_key, validate_id, InvalidId, Subjects, MAX_ID_BYTES};
 pub use wire::{
-    timestamp_now, LocationStatus, SceneChange, SceneEvent, SceneSnapshot, SnapshotReply,
+    timestamp_now, LocationStatus, SceneChange, SceneEvent, SceneSnapshot, SceneTip, SnapshotReply,
     StatusAction, StorageLocation, TaskChange, TaskEvent, TaskResult, TaskSnapshot, TaskStatus,
+    TaskTip,
 };
 
 /// What can go wrong while publishing or serving snapshots.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The task record id or scene id is not valid (SPEC section 2.3: empty, over
+    /// [`MAX_ID_BYTES`], or holding a control character); nothing was sent, since no client
+    /// could ever watch that key.
+    #[error("invalid id: {0}")]
+    InvalidId(#[source] InvalidId),
     /// A payload could not be encoded as JSON.
     #[error("could not encode the payload: {0}")]
     Encode(#[source] serde_json::Error),

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use crate::link::Link;
 use crate::memory::MemoryBus;
 use crate::rev::HybridClock;
-use crate::subject::Subjects;
+use crate::subject::{validate_id, Subjects};
 use crate::wire::{
     timestamp_now, LocationStatus, SceneChange, SceneEvent, StatusAction, StorageLocation,
     TaskChange, TaskEvent, TaskResult,
@@ -15,6 +15,10 @@ use crate::wire::{
 use crate::Error;
 
 /// Publishes task and scene change events to NATS on the contract's subjects.
+///
+/// Every typed method checks the task record id or scene id first (see [`validate_id`]) and
+/// returns [`Error::InvalidId`] when it is not valid, before taking a rev or sending anything;
+/// only [`publish_raw`](Self::publish_raw) sends whatever it is given.
 ///
 /// Cheap to clone; clones share the connection and the rev clock.
 #[derive(Clone, Debug)]
@@ -80,16 +84,20 @@ impl Publisher {
 
     /// Publishes a task event exactly as given, with the caller's own `rev`. Publish each key's
     /// events in rev order: the hub drops an event whose rev is not above the last it saw.
+    ///
+    /// Fails with [`Error::InvalidId`], sending nothing, when `task_record_id` is not valid.
     pub async fn publish_task(&self, event: &TaskEvent) -> Result<(), Error> {
-        let subject = self.subjects.task_events(&event.task_record_id);
-        self.publish_json(subject, event).await
+        validate_id(&event.task_record_id).map_err(Error::InvalidId)?;
+        self.publish_task_unchecked(event).await
     }
 
     /// Publishes a scene event exactly as given, with the caller's own `rev`. Publish each key's
     /// events in rev order: the hub drops an event whose rev is not above the last it saw.
+    ///
+    /// Fails with [`Error::InvalidId`], sending nothing, when `scene_id` is not valid.
     pub async fn publish_scene(&self, event: &SceneEvent) -> Result<(), Error> {
-        let subject = self.subjects.scene_events(&event.scene_id);
-        self.publish_json(subject, event).await
+        validate_id(&event.scene_id).map_err(Error::InvalidId)?;
+        self.publish_scene_unchecked(event).await
     }
 
     /// Publishes `results` written at `index` of the task's list, with the next clock rev.
@@ -159,25 +167,39 @@ impl Publisher {
     }
 
     async fn task_change(&self, task_record_id: &str, change: TaskChange) -> Result<u64, Error> {
+        validate_id(task_record_id).map_err(Error::InvalidId)?;
         let _in_order = self.in_rev_order.lock().await;
         let event = TaskEvent {
             task_record_id: task_record_id.to_owned(),
             rev: self.next_rev(),
             change,
         };
-        self.publish_task(&event).await?;
+        self.publish_task_unchecked(&event).await?;
         Ok(event.rev)
     }
 
     async fn scene_change(&self, scene_id: &str, change: SceneChange) -> Result<u64, Error> {
+        validate_id(scene_id).map_err(Error::InvalidId)?;
         let _in_order = self.in_rev_order.lock().await;
         let event = SceneEvent {
             scene_id: scene_id.to_owned(),
             rev: self.next_rev(),
             change,
         };
-        self.publish_scene(&event).await?;
+        self.publish_scene_unchecked(&event).await?;
         Ok(event.rev)
+    }
+
+    /// [`publish_task`](Self::publish_task) once its id has been checked.
+    async fn publish_task_unchecked(&self, event: &TaskEvent) -> Result<(), Error> {
+        let subject = self.subjects.task_events(&event.task_record_id);
+        self.publish_json(subject, event).await
+    }
+
+    /// [`publish_scene`](Self::publish_scene) once its id has been checked.
+    async fn publish_scene_unchecked(&self, event: &SceneEvent) -> Result<(), Error> {
+        let subject = self.subjects.scene_events(&event.scene_id);
+        self.publish_json(subject, event).await
     }
 
     async fn publish_json(
@@ -187,5 +209,106 @@ impl Publisher {
     ) -> Result<(), Error> {
         let payload = Bytes::from(serde_json::to_vec(payload).map_err(Error::Encode)?);
         self.link.publish(subject, payload).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::subject::InvalidId;
+    use crate::wire::TaskStatus;
+
+    /// Every typed method refuses each kind of invalid id, and nothing reaches the bus: not the
+    /// event, and no other message instead of it.
+    #[tokio::test]
+    async fn invalid_ids_are_refused_before_anything_is_sent() {
+        let bus = MemoryBus::new();
+        let mut everything = bus.subscribe(">");
+        let publisher = Publisher::in_process(bus.clone());
+        let result = TaskResult {
+            created_at: "2025-06-11T12:00:00.000Z".into(),
+            context: "[取货] 开始".into(),
+            status: TaskStatus::Running,
+        };
+        let location = StorageLocation::new("s-1", "L-1", "area-A", "A-01", 1);
+        let too_long = "x".repeat(crate::subject::MAX_ID_BYTES + 1);
+        for (id, expected) in [
+            ("", InvalidId::Empty),
+            (too_long.as_str(), InvalidId::TooLong),
+            ("a\nb", InvalidId::ControlCharacter),
+            ("t\u{7f}", InvalidId::ControlCharacter),
+        ] {
+            let task_event = TaskEvent {
+                task_record_id: id.to_owned(),
+                rev: 1,
+                change: TaskChange::Replace { results: vec![] },
+            };
+            let scene_event = SceneEvent {
+                scene_id: id.to_owned(),
+                rev: 1,
+                change: SceneChange::Remove { ids: vec![] },
+            };
+            let refusals = [
+                ("publish_task", publisher.publish_task(&task_event).await),
+                ("publish_scene", publisher.publish_scene(&scene_event).await),
+                (
+                    "append_task_results",
+                    publisher
+                        .append_task_results(id, 0, vec![result.clone()])
+                        .await
+                        .map(drop),
+                ),
+                (
+                    "replace_task_results",
+                    publisher
+                        .replace_task_results(id, vec![result.clone()])
+                        .await
+                        .map(drop),
+                ),
+                (
+                    "status_change",
+                    publisher
+                        .status_change(id, "A-01-1", StatusAction::Occupy, location.status())
+                        .await
+                        .map(drop),
+                ),
+                (
+                    "upsert_locations",
+                    publisher
+                        .upsert_locations(id, vec![location.clone()])
+                        .await
+                        .map(drop),
+                ),
+                (
+                    "remove_locations",
+                    publisher
+                        .remove_locations(id, vec!["L-1".into()])
+                        .await
+                        .map(drop),
+                ),
+            ];
+            for (method, refusal) in refusals {
+                assert!(
+                    matches!(refusal, Err(Error::InvalidId(invalid)) if invalid == expected),
+                    "{method}({id:?}): {refusal:?}"
+                );
+            }
+        }
+
+        // The bus delivers in publish order: a valid event published last arrives first only
+        // when nothing was published before it.
+        publisher
+            .replace_task_results("t-1", vec![result])
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), everything.next())
+            .await
+            .expect("the valid event arrives")
+            .expect("the subscription is open");
+        assert_eq!(first.subject, "vwed.task.t-1.execution");
     }
 }

@@ -24,14 +24,24 @@ impl HybridClock {
 
     /// The next rev: greater than every rev this clock returned before.
     pub fn next(&self) -> u64 {
-        let now = wall_clock_micros();
+        self.next_at(wall_clock_micros())
+    }
+
+    /// The next rev as if the wall clock read `now_micros` (microseconds since the Unix epoch):
+    /// `now_micros` itself when it is above the last rev, else the last rev plus one. Either
+    /// way it is greater than every rev this clock returned or [observed](Self::observe) before.
+    ///
+    /// [`next`](Self::next) calls it with the system clock. It exists so that a test, or the
+    /// shared vectors (`vectors/clock.json`), can replay a clock that stands still or goes
+    /// back, and so that a service with a clock of its own can use that one.
+    pub fn next_at(&self, now_micros: u64) -> u64 {
         let previous = self
             .last
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
-                Some(now.max(last.saturating_add(1)))
+                Some(now_micros.max(last.saturating_add(1)))
             })
             .unwrap_or_else(|last| last);
-        now.max(previous.saturating_add(1))
+        now_micros.max(previous.saturating_add(1))
     }
 
     /// Makes every later rev greater than `rev`, e.g. the highest rev a service finds in its
@@ -69,6 +79,15 @@ mod tests {
         let issued = (0..1000).map(|_| old.next()).max().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert!(HybridClock::new().next() > issued);
+    }
+
+    #[test]
+    fn a_clock_that_goes_back_still_gives_increasing_revs() {
+        let clock = HybridClock::new();
+        assert_eq!(clock.next_at(5_000), 5_000);
+        assert_eq!(clock.next_at(4_000), 5_001);
+        assert_eq!(clock.next_at(5_001), 5_002);
+        assert_eq!(clock.next_at(7_000), 7_000);
     }
 
     #[test]

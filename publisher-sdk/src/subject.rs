@@ -1,5 +1,5 @@
-//! NATS subjects of the contract, and the `<key>` encoding that keeps any id a single, literal
-//! subject token (SPEC section 3).
+//! NATS subjects of the contract, the `<key>` encoding that keeps any id a single, literal
+//! subject token (SPEC section 3), and what makes an id valid at all (SPEC section 2.3).
 
 use std::borrow::Cow;
 
@@ -14,6 +14,54 @@ const MAX_PLAIN_KEY_LEN: usize = 128;
 
 /// Marks an encoded key; `~` cannot start a plain key, so the two forms never collide.
 const ENCODED_MARK: char = '~';
+
+/// Longest valid id, in bytes of UTF-8 (SPEC section 2.3). The hub refuses a client asking for a
+/// longer one, so the SDK refuses to publish one that no client could ever watch.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Why an id is not valid (SPEC section 2.3). The hub refuses such an id from a client with a
+/// message of its own; the SDK refuses to publish under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum InvalidId {
+    /// The id is empty.
+    #[error("the id is empty")]
+    Empty,
+    /// The id is over [`MAX_ID_BYTES`] bytes of UTF-8.
+    #[error("the id is longer than {MAX_ID_BYTES} bytes of UTF-8")]
+    TooLong,
+    /// The id holds a control character ([`char::is_control`]: C0, DEL or C1).
+    #[error("the id holds a control character")]
+    ControlCharacter,
+}
+
+impl InvalidId {
+    /// A short, stable name for the cause, fit for a metric label or a log field; the shared
+    /// test vectors (`vectors/keys.json`) name the causes the same way.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InvalidId::Empty => "empty",
+            InvalidId::TooLong => "too_long",
+            InvalidId::ControlCharacter => "control_character",
+        }
+    }
+}
+
+/// Checks that `id` is a valid task record id or scene id (SPEC section 2.3): not empty, at most
+/// [`MAX_ID_BYTES`] bytes of UTF-8, and without control characters. Any other id is valid, dots,
+/// wildcards and all; [`encode_key`] keeps it a single subject token.
+///
+/// When several rules are broken, the first in that order is reported.
+pub fn validate_id(id: &str) -> Result<(), InvalidId> {
+    if id.is_empty() {
+        Err(InvalidId::Empty)
+    } else if id.len() > MAX_ID_BYTES {
+        Err(InvalidId::TooLong)
+    } else if id.chars().any(char::is_control) {
+        Err(InvalidId::ControlCharacter)
+    } else {
+        Ok(())
+    }
+}
 
 /// Checks a subject prefix given on a command line or in configuration: dot-separated tokens of
 /// letters, digits, `_` and `-`, so that a prefix can never act as a wildcard. Returns it owned,
@@ -154,6 +202,19 @@ mod tests {
         for bad in ["", "a..b", "*", "a.>", "a b", ".a"] {
             assert!(parse_prefix(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ids_are_checked_in_the_order_of_the_rules() {
+        assert_eq!(validate_id("t-1"), Ok(()));
+        assert_eq!(validate_id("a.b *>"), Ok(()));
+        assert_eq!(validate_id(&"x".repeat(MAX_ID_BYTES)), Ok(()));
+        assert_eq!(validate_id(""), Err(InvalidId::Empty));
+        // Bytes count, not characters: 86 three-byte characters are 258 bytes.
+        assert_eq!(validate_id(&"仓".repeat(86)), Err(InvalidId::TooLong));
+        assert_eq!(validate_id(&"\n".repeat(300)), Err(InvalidId::TooLong));
+        assert_eq!(validate_id("a\u{85}"), Err(InvalidId::ControlCharacter));
+        assert_eq!(validate_id("a\u{2028}b"), Ok(()));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! client API document fixes it ([`StorageLocation`] has the 27 fields of the original table, in
 //! that order), because the hub serializes these same structs into client messages.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::SystemTime;
 
@@ -322,7 +323,7 @@ impl Serialize for StatusAction {
 
 impl<'de> Deserialize<'de> for StatusAction {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let action = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        let action = <Cow<'de, str>>::deserialize(deserializer)?;
         Ok(StatusAction::from(action.as_ref()))
     }
 }
@@ -365,6 +366,104 @@ pub enum SceneChange {
         /// Ids of the removed locations.
         ids: Vec<String>,
     },
+}
+
+/// A task tip (SPEC section 3, "Tips"): names the latest rev the publisher issued for a task
+/// record, and nothing else. Publishers send one now and then, on the task's event subject
+/// `<prefix>.task.<key>.execution`, for every task they published an event for lately; a hub
+/// holding the task at a lower rev has missed an event (core NATS delivers at most once) and
+/// takes a fresh snapshot.
+///
+/// On the wire: `{"task_record_id":"t-1","rev":17,"op":"tip"}`. It deserializes only with
+/// `"op": "tip"`, so a task event never passes for a tip (nor a tip for an event: [`TaskChange`]
+/// has no tip variant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskTip {
+    /// The task record this tip is about; the tip travels on that record's event subject.
+    pub task_record_id: String,
+    /// The rev of the last event published for the task: a hub holding less missed something.
+    pub rev: u64,
+}
+
+/// A scene tip (SPEC section 3, "Tips"): names the latest rev the publisher issued for a scene,
+/// and nothing else, on the scene's event subject `<prefix>.scene.<key>.storage`. See
+/// [`TaskTip`].
+///
+/// On the wire: `{"scene_id":"s-1","rev":11,"kind":"tip"}`. It deserializes only with
+/// `"kind": "tip"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SceneTip {
+    /// The scene this tip is about; the tip travels on that scene's event subject.
+    pub scene_id: String,
+    /// The rev of the last event published for the scene: a hub holding less missed something.
+    pub rev: u64,
+}
+
+/// The tag value that marks a tip: written as `"tip"`, and read from nothing else.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+enum TipMark {
+    #[serde(rename = "tip")]
+    Tip,
+}
+
+/// [`TaskTip`] as it travels: its fields, then the tag (the order of the contract's examples).
+#[derive(Serialize, Deserialize)]
+struct TaskTipWire<'a> {
+    #[serde(borrow)]
+    task_record_id: Cow<'a, str>,
+    rev: u64,
+    op: TipMark,
+}
+
+/// [`SceneTip`] as it travels: its fields, then the tag.
+#[derive(Serialize, Deserialize)]
+struct SceneTipWire<'a> {
+    #[serde(borrow)]
+    scene_id: Cow<'a, str>,
+    rev: u64,
+    kind: TipMark,
+}
+
+impl Serialize for TaskTip {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        TaskTipWire {
+            task_record_id: Cow::Borrowed(&self.task_record_id),
+            rev: self.rev,
+            op: TipMark::Tip,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskTip {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = TaskTipWire::deserialize(deserializer)?;
+        Ok(TaskTip {
+            task_record_id: wire.task_record_id.into_owned(),
+            rev: wire.rev,
+        })
+    }
+}
+
+impl Serialize for SceneTip {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        SceneTipWire {
+            scene_id: Cow::Borrowed(&self.scene_id),
+            rev: self.rev,
+            kind: TipMark::Tip,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SceneTip {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = SceneTipWire::deserialize(deserializer)?;
+        Ok(SceneTip {
+            scene_id: wire.scene_id.into_owned(),
+            rev: wire.rev,
+        })
+    }
 }
 
 /// The reply to a task snapshot request.
@@ -572,6 +671,45 @@ mod tests {
         let other: StatusAction = serde_json::from_str("\"MOVE_TRAY\"").unwrap();
         assert_eq!(other, StatusAction::Other("MOVE_TRAY".into()));
         assert_eq!(serde_json::to_string(&other).unwrap(), "\"MOVE_TRAY\"");
+    }
+
+    #[test]
+    fn tips_carry_their_tag_last_and_need_it() {
+        let tip = TaskTip {
+            task_record_id: "t-1".into(),
+            rev: 17,
+        };
+        let json = r#"{"task_record_id":"t-1","rev":17,"op":"tip"}"#;
+        assert_eq!(serde_json::to_string(&tip).unwrap(), json);
+        assert_eq!(serde_json::from_str::<TaskTip>(json).unwrap(), tip);
+        for not_a_tip in [
+            r#"{"task_record_id":"t-1","rev":17}"#,
+            r#"{"task_record_id":"t-1","rev":17,"op":"append"}"#,
+            r#"{"task_record_id":"t-1","rev":17,"op":"TIP"}"#,
+            r#"{"task_record_id":"t-1","rev":17,"kind":"tip"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<TaskTip>(not_a_tip).is_err(),
+                "{not_a_tip}"
+            );
+        }
+        // Today's hub reads a tip on an event subject as a malformed event, and nothing more.
+        assert!(serde_json::from_str::<TaskEvent>(json).is_err());
+
+        let tip = SceneTip {
+            scene_id: "场景 1".into(),
+            rev: 11,
+        };
+        let json = r#"{"scene_id":"场景 1","rev":11,"kind":"tip"}"#;
+        assert_eq!(serde_json::to_string(&tip).unwrap(), json);
+        assert_eq!(serde_json::from_str::<SceneTip>(json).unwrap(), tip);
+        let escaped = r#"{"kind":"tip","rev":11,"scene_id":"\u573a\u666f 1"}"#;
+        assert_eq!(serde_json::from_str::<SceneTip>(escaped).unwrap(), tip);
+        assert!(
+            serde_json::from_str::<SceneTip>(r#"{"scene_id":"s","rev":1,"kind":"remove"}"#)
+                .is_err()
+        );
+        assert!(serde_json::from_str::<SceneEvent>(json).is_err());
     }
 
     #[test]

@@ -3,12 +3,14 @@
 use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
+use vwed_publisher::subject::{validate_id, InvalidId};
 
 use crate::messages::Kind;
 use crate::view::LocationFilter;
 
-/// Longest id accepted, in bytes of UTF-8.
-pub const MAX_ID_BYTES: usize = 256;
+/// Longest id accepted, in bytes of UTF-8: the SDK's limit, so that the hub serves exactly the
+/// ids its publishers may publish under.
+pub use vwed_publisher::subject::MAX_ID_BYTES;
 
 /// Longest piece of a bad value echoed back in an error message.
 const MAX_ECHO_CHARS: usize = 64;
@@ -167,20 +169,17 @@ fn known_parameter(endpoint: Endpoint, name: &str) -> Option<&'static str> {
     known.iter().copied().find(|k| *k == name)
 }
 
-/// Percent-decodes and validates a path id.
+/// Percent-decodes a path id and validates it with the SDK's rules ([`validate_id`]), the ones
+/// publishers are held to.
 pub fn parse_id(field: &'static str, raw: &str) -> Result<String, InvalidRequest> {
     let id = percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| InvalidRequest::IdNotUtf8(field))?;
-    if id.is_empty() {
-        return Err(InvalidRequest::EmptyId(field));
-    }
-    if id.len() > MAX_ID_BYTES {
-        return Err(InvalidRequest::IdTooLong(field));
-    }
-    if id.chars().any(char::is_control) {
-        return Err(InvalidRequest::IdControlCharacter(field));
-    }
+    validate_id(&id).map_err(|invalid| match invalid {
+        InvalidId::Empty => InvalidRequest::EmptyId(field),
+        InvalidId::TooLong => InvalidRequest::IdTooLong(field),
+        InvalidId::ControlCharacter => InvalidRequest::IdControlCharacter(field),
+    })?;
     Ok(id.into_owned())
 }
 
