@@ -1,0 +1,218 @@
+"""What the SDK puts on NATS, read with a plain subscription: order, refusals, tips."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+import nats
+import pytest
+from harness import NatsServer
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from vwed_publisher import (
+    BlockingPublisher,
+    LocationStatus,
+    Publisher,
+    StatusAction,
+    TaskAppend,
+    TaskResult,
+    TaskStatus,
+)
+
+
+class Recorder:
+    """A plain NATS subscription that keeps every message, parsed."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.arrived = asyncio.Event()
+
+    async def handle(self, message: Msg) -> None:
+        self.messages.append((message.subject, json.loads(message.data)))
+        self.arrived.set()
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count:
+            self.arrived.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{len(self.messages)} of {count} messages arrived")
+            await asyncio.wait_for(self.arrived.wait(), remaining)
+
+    def payloads(self, subject: str, op: str | None = None) -> list[dict[str, Any]]:
+        return [p for s, p in self.messages if s == subject and (op is None or p.get("op") == op)]
+
+
+async def record(nc: Client, subject: str) -> Recorder:
+    recorder = Recorder()
+    await nc.subscribe(subject, cb=recorder.handle)
+    await nc.flush()
+    return recorder
+
+
+def running(context: str) -> TaskResult:
+    return TaskResult.now(context, TaskStatus.RUNNING)
+
+
+async def test_concurrent_coroutines_publish_a_key_in_rev_order(
+    nc: Client, publisher: Publisher
+) -> None:
+    wire = await record(nc, "vwed.task.*.execution")
+    tasks = [
+        publisher.append_task_results(
+            f"t-{n % 3}", n, [TaskResult.now(f"step {n}", TaskStatus.RUNNING)]
+        )
+        for n in range(300)
+    ]
+    revs = await asyncio.gather(*tasks)
+    assert len(set(revs)) == 300
+    await publisher.flush()
+    await wire.wait_for(300)
+    for key in ["t-0", "t-1", "t-2"]:
+        seen = [p["rev"] for p in wire.payloads(f"vwed.task.{key}.execution")]
+        assert len(seen) == 100
+        assert seen == sorted(seen), f"{key}: revs out of order"
+        assert len(set(seen)) == 100
+
+
+async def test_many_threads_through_one_blocking_publisher_stay_in_rev_order(
+    nats_server: NatsServer, nc: Client
+) -> None:
+    wire = await record(nc, "vwed.scene.s-1.storage")
+    status = LocationStatus(
+        id="L-1", is_occupied=True, is_locked=False, is_disabled=False, is_empty_tray=False
+    )
+    returned: list[int] = []
+    lock = threading.Lock()
+
+    def worker(bp: BlockingPublisher) -> None:
+        for _ in range(50):
+            rev = bp.status_change("s-1", "A-01-1", StatusAction.OCCUPY, status)
+            with lock:
+                returned.append(rev)
+
+    def run_threads() -> None:
+        with BlockingPublisher.connect(nats_server.url) as bp:
+            threads = [threading.Thread(target=worker, args=(bp,)) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            bp.flush()
+
+    await asyncio.to_thread(run_threads)
+    await wire.wait_for(400)
+    seen = [p["rev"] for p in wire.payloads("vwed.scene.s-1.storage")]
+    assert seen == sorted(returned)
+    assert len(set(seen)) == 400
+
+
+@pytest.mark.parametrize(
+    "bad_id", ["", "a" * 257, "仓" * 86, "a\x00b", "a\nb", "\tt", "a\x7f", "a\x85"]
+)
+async def test_an_invalid_id_raises_before_anything_is_sent(
+    nc: Client, publisher: Publisher, bad_id: str
+) -> None:
+    wire = await record(nc, ">")
+    status = LocationStatus(
+        id="L", is_occupied=False, is_locked=False, is_disabled=False, is_empty_tray=False
+    )
+    calls = [
+        publisher.append_task_results(bad_id, 0, [running("x")]),
+        publisher.replace_task_results(bad_id, []),
+        publisher.status_change(bad_id, "A-1", StatusAction.OCCUPY, status),
+        publisher.upsert_locations(bad_id, []),
+        publisher.remove_locations(bad_id, ["L"]),
+        publisher.publish_task(TaskAppend(bad_id, 1, 0, [])),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="an id must"):
+            await call
+    # A valid publish afterwards is the first and only message on the wire.
+    await publisher.append_task_results("ok", 0, [running("x")])
+    await publisher.flush()
+    await wire.wait_for(1)
+    await asyncio.sleep(0.1)
+    assert [s for s, _ in wire.messages] == ["vwed.task.ok.execution"]
+
+
+async def test_bad_values_raise_a_clear_error(publisher: Publisher) -> None:
+    with pytest.raises(ValueError, match="DONE"):
+        TaskResult("2025-06-11T12:00:00.000Z", "x", "DONE")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"LocationStatus\.is_occupied must be bool"):
+        LocationStatus("L", 1, False, False, False)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="results must hold TaskResult"):
+        await publisher.append_task_results("t", 0, [{"context": "x"}])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="unsigned 64-bit"):
+        await publisher.publish_task(TaskAppend("t", -1, 0, []))
+    with pytest.raises(ValueError, match="subject prefix"):
+        Publisher(publisher.nc, prefix="vwed.>")
+
+
+async def test_tips_name_each_recent_keys_latest_rev_and_stop_after_the_window(
+    nats_server: NatsServer, nc: Client
+) -> None:
+    wire = await record(nc, ">")
+    publisher = await Publisher.connect(nats_server.url, tip_interval=0.2, tip_window=1.0)
+    await publisher.append_task_results("t-1", 0, [running("a")])
+    last_task_rev = await publisher.append_task_results("t-1", 1, [running("b")])
+    status = LocationStatus(
+        id="L", is_occupied=True, is_locked=False, is_disabled=False, is_empty_tray=False
+    )
+    scene_rev = await publisher.status_change("场景 1", "A-1", StatusAction.OCCUPY, status)
+    await asyncio.sleep(0.7)
+    task_tips = wire.payloads("vwed.task.t-1.execution", op="tip")
+    scene_tips = [
+        p for s, p in wire.messages if s == "vwed.scene.~5Zy65pmvIDE.storage" and "kind" in p
+    ]
+    scene_tips = [p for p in scene_tips if p["kind"] == "tip"]
+    assert len(task_tips) >= 2
+    assert task_tips[-1] == {"task_record_id": "t-1", "rev": last_task_rev, "op": "tip"}
+    assert all(tip == task_tips[-1] for tip in task_tips)
+    assert scene_tips[-1] == {"scene_id": "场景 1", "rev": scene_rev, "kind": "tip"}
+
+    # A minute without events for a key (here one window) and it is no longer tipped.
+    await asyncio.sleep(1.2)
+    count = len(wire.messages)
+    await asyncio.sleep(0.6)
+    assert len(wire.messages) == count
+
+    # close() stops them even for keys inside the window.
+    await publisher.append_task_results("t-1", 2, [running("c")])
+    await publisher.close()
+    count = len(wire.messages)
+    await asyncio.sleep(0.6)
+    assert len(wire.messages) == count
+
+
+async def test_every_recent_key_is_tipped_at_once_after_nats_comes_back(
+    nats_server: NatsServer,
+) -> None:
+    # The observer reconnects faster than the publisher, so it is back in time to see the tips.
+    observer = await nats.connect(
+        nats_server.url, reconnect_time_wait=0.05, max_reconnect_attempts=-1
+    )
+    wire = await record(observer, "vwed.task.>")
+    publisher = await Publisher.connect(nats_server.url, tip_interval=60.0, reconnect_time_wait=0.5)
+    revs = {}
+    for key in ["t-1", "t-2", "a.b"]:
+        revs[key] = await publisher.append_task_results(key, 0, [running(key)])
+    await publisher.flush()
+    await wire.wait_for(3)
+
+    await nats_server.stop()
+    await asyncio.sleep(0.3)
+    await nats_server.start()
+    await wire.wait_for(6, timeout=10)
+    tips = sorted(
+        ((p["task_record_id"], p["rev"]) for _, p in wire.messages if p.get("op") == "tip"),
+    )
+    assert tips == sorted(revs.items())
+    await publisher.close()
+    await observer.close()

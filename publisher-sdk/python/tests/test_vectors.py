@@ -1,0 +1,170 @@
+"""The golden vectors of publisher-sdk/vectors/, which the Rust SDK's tests read too."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import vwed_publisher
+from vwed_publisher import (
+    HybridClock,
+    LocationsRemove,
+    LocationStatus,
+    LocationsUpsert,
+    SceneSnapshot,
+    StatusAction,
+    StatusChange,
+    StorageLocation,
+    Subjects,
+    TaskAppend,
+    TaskReplace,
+    TaskResult,
+    TaskSnapshot,
+    TaskStatus,
+    decode_key,
+    encode_key,
+    format_timestamp,
+    validate_id,
+)
+from vwed_publisher.wire import NOT_FOUND, scene_tip_json, task_tip_json, to_json
+
+VECTORS = Path(__file__).resolve().parents[2] / "vectors"
+
+
+def load(name: str) -> Any:
+    return json.loads((VECTORS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+KEYS = load("keys")
+
+
+@pytest.mark.parametrize("vector", KEYS["valid"], ids=lambda v: v["why"])
+def test_valid_ids_map_to_their_keys_and_subjects(vector: dict[str, str]) -> None:
+    validate_id(vector["id"])
+    assert encode_key(vector["id"]) == vector["key"]
+    assert decode_key(vector["key"]) == vector["id"]
+    subjects = Subjects(KEYS["prefix"])
+    assert subjects.task_events(vector["id"]) == vector["task_events"]
+    assert subjects.scene_events(vector["id"]) == vector["scene_events"]
+    assert subjects.task_snapshot(vector["id"]) == vector["task_snapshot"]
+    assert subjects.scene_snapshot(vector["id"]) == vector["scene_snapshot"]
+    assert subjects.snapshot_key(vector["task_snapshot"]) == vector["id"]
+    assert subjects.snapshot_key(vector["scene_snapshot"]) == vector["id"]
+
+
+REASONS = {
+    "empty": "must not be empty",
+    "too_long": "at most 256 bytes",
+    "control_character": "control character",
+}
+
+
+@pytest.mark.parametrize("vector", KEYS["invalid"], ids=lambda v: v["reason"] + repr(v["id"][:8]))
+def test_invalid_ids_are_refused_with_their_reason(vector: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match=REASONS[vector["reason"]]):
+        validate_id(vector["id"])
+    with pytest.raises(ValueError, match=REASONS[vector["reason"]]):
+        Subjects().task_events(vector["id"])
+
+
+def test_tokens_that_are_not_encodings_decode_to_nothing() -> None:
+    for token in ["", "~!!", "~YS5", "~A", "~_w"]:
+        assert decode_key(token) is None, token
+    assert Subjects().snapshot_key("vwed.snapshot.task.a.b") is None
+    assert Subjects().snapshot_key("other.snapshot.task.a") is None
+    assert Subjects().snapshot_key("vwed.snapshot.job.a") is None
+
+
+def results(items: list[dict[str, Any]]) -> list[TaskResult]:
+    return [TaskResult(**item) for item in items]
+
+
+def locations(items: list[dict[str, Any]]) -> list[StorageLocation]:
+    return [StorageLocation(**item) for item in items]
+
+
+def build(kind: str, value: dict[str, Any]) -> bytes:
+    """The SDK's bytes for a vector's typed value."""
+    v = dict(value)
+    if kind == "task_append":
+        return to_json(TaskAppend(v["task_record_id"], v["rev"], v["index"], results(v["results"])))
+    if kind == "task_replace":
+        return to_json(TaskReplace(v["task_record_id"], v["rev"], results(v["results"])))
+    if kind == "task_tip":
+        return task_tip_json(v["task_record_id"], v["rev"])
+    if kind == "scene_status_change":
+        status = LocationStatus(**v["new_status"])
+        event = StatusChange(
+            v["scene_id"], v["rev"], v["layer_name"], v["action"], status, v["timestamp"]
+        )
+        return to_json(event)
+    if kind == "scene_upsert":
+        upsert = LocationsUpsert(v["scene_id"], v["rev"], locations(v["storage_locations"]))
+        return to_json(upsert)
+    if kind == "scene_remove":
+        return to_json(LocationsRemove(v["scene_id"], v["rev"], v["ids"]))
+    if kind == "scene_tip":
+        return scene_tip_json(v["scene_id"], v["rev"])
+    if kind == "task_snapshot":
+        return to_json(TaskSnapshot(v["task_record_id"], v["rev"], results(v["results"])))
+    if kind == "scene_snapshot":
+        snapshot = SceneSnapshot(v["scene_id"], v["rev"], locations(v["storage_locations"]))
+        return to_json(snapshot)
+    if kind == "not_found":
+        return NOT_FOUND
+    raise AssertionError(f"unknown vector type {kind}")
+
+
+@pytest.mark.parametrize(
+    "case", load("payloads")["cases"], ids=lambda c: f"{c['type']}: {c['why']}"
+)
+def test_typed_values_write_exactly_the_vectors_json(case: dict[str, Any]) -> None:
+    assert build(case["type"], case["value"]).decode() == case["json"]
+
+
+@pytest.mark.parametrize(
+    "case", load("payloads")["cases"], ids=lambda c: f"{c['type']}: {c['why']}"
+)
+def test_known_actions_become_members(case: dict[str, Any]) -> None:
+    if case["type"] == "scene_status_change":
+        action = case["value"]["action"]
+        assert (action in StatusAction.__members__) == (action != "MOVE_TRAY")
+
+
+def test_the_hybrid_clock_follows_its_steps() -> None:
+    clock = HybridClock()
+    for step in load("clock")["steps"]:
+        if "observe" in step:
+            clock.observe(step["observe"])
+        else:
+            assert clock.next_at(step["now"]) == step["rev"], step
+
+
+@pytest.mark.parametrize("case", load("timestamps")["cases"], ids=lambda c: c["timestamp"])
+def test_timestamps(case: dict[str, Any]) -> None:
+    moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=case["unix_micros"])
+    assert format_timestamp(moment) == case["timestamp"]
+    naive = moment.replace(tzinfo=None)
+    assert format_timestamp(naive) == case["timestamp"]
+    east = moment.astimezone(timezone(timedelta(hours=8)))
+    assert format_timestamp(east) == case["timestamp"]
+
+
+def test_enums_name_every_status_and_action() -> None:
+    enums = load("enums")
+    assert [s.value for s in TaskStatus] == enums["task_statuses"]
+    assert [a.value for a in StatusAction] == enums["status_actions"]
+
+
+def test_the_version_is_the_rust_crates() -> None:
+    cargo = (VECTORS.parent / "Cargo.toml").read_text()
+    match = re.search(r'^version = "([^"]+)"', cargo, re.M)
+    assert match is not None
+    assert vwed_publisher.__version__ == match.group(1)
+    pyproject = (VECTORS.parent / "python" / "pyproject.toml").read_text()
+    assert f'version = "{match.group(1)}"' in pyproject
