@@ -29,6 +29,7 @@ from vwed_publisher import (
     decode_key,
     encode_key,
     format_timestamp,
+    timestamp_now,
     validate_id,
 )
 from vwed_publisher.wire import NOT_FOUND, scene_tip_json, task_tip_json, to_json
@@ -130,6 +131,18 @@ def test_typed_values_write_exactly_the_vectors_json(case: dict[str, Any]) -> No
 @pytest.mark.parametrize(
     "case", load("payloads")["cases"], ids=lambda c: f"{c['type']}: {c['why']}"
 )
+def test_the_fast_encoder_writes_what_the_documented_one_does(case: dict[str, Any]) -> None:
+    # to_json builds CPython's C encoder once; json.dumps with the same settings is the
+    # documented way, and the fallback where the C encoder cannot be had.
+    sdk_bytes = build(case["type"], case["value"])
+    parsed = json.loads(sdk_bytes)
+    documented = json.dumps(parsed, ensure_ascii=False, separators=(",", ":"))
+    assert sdk_bytes.decode() == documented
+
+
+@pytest.mark.parametrize(
+    "case", load("payloads")["cases"], ids=lambda c: f"{c['type']}: {c['why']}"
+)
 def test_known_actions_become_members(case: dict[str, Any]) -> None:
     if case["type"] == "scene_status_change":
         action = case["value"]["action"]
@@ -153,6 +166,15 @@ def test_timestamps(case: dict[str, Any]) -> None:
     assert format_timestamp(naive) == case["timestamp"]
     east = moment.astimezone(timezone(timedelta(hours=8)))
     assert format_timestamp(east) == case["timestamp"]
+
+
+def test_timestamp_now_is_now_in_the_apis_format() -> None:
+    for _ in range(3):
+        before = format_timestamp(datetime.now(timezone.utc))
+        now = timestamp_now()
+        after = format_timestamp(datetime.now(timezone.utc))
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", now)
+        assert before <= now <= after
 
 
 def test_enums_name_every_status_and_action() -> None:
