@@ -1,0 +1,28 @@
+"""The engine's settings, read from environment variables like the storage service's."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the engine finds NATS and its database."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    """The NATS server the hubs listen on (``VWED_NATS_URL``)."""
+    subject_prefix: str = "vwed"
+    """The hubs' ``--subject-prefix`` (``VWED_SUBJECT_PREFIX``)."""
+    database_url: str = "sqlite+aiosqlite:///./tasks.db"
+    """A SQLAlchemy async URL (``VWED_TASKS_DATABASE_URL``)."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """The settings from the environment, with the defaults above for what is not set."""
+        defaults = cls()
+        return cls(
+            nats_url=os.environ.get("VWED_NATS_URL", defaults.nats_url),
+            subject_prefix=os.environ.get("VWED_SUBJECT_PREFIX", defaults.subject_prefix),
+            database_url=os.environ.get("VWED_TASKS_DATABASE_URL", defaults.database_url),
+        )
