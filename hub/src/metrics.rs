@@ -72,6 +72,9 @@ pub struct Metrics {
     pub events_rejected: Family<KindLabels, Counter>,
     /// Events that arrived with a rev the view already had.
     pub events_stale: Counter,
+    /// Publishers' tips received, by kind (SPEC 3): about one per recently published key per
+    /// tip interval (5 s) per publisher. They never reach clients.
+    pub tips_received: Family<KindOnly, Counter>,
     /// 1 while the broker is connected.
     pub broker_connected: Gauge,
     /// Times the broker connection came back after a drop.
@@ -96,6 +99,7 @@ impl Default for Metrics {
             snapshot_duration: Family::new_with_constructor(|| Histogram::new(SNAPSHOT_BUCKETS)),
             events_rejected: Family::default(),
             events_stale: Counter::default(),
+            tips_received: Family::default(),
             broker_connected: Gauge::default(),
             broker_reconnects: Counter::default(),
             tls_handshake_failures: Counter::default(),
@@ -158,6 +162,11 @@ impl Default for Metrics {
             metrics.events_stale.clone(),
         );
         registry.register(
+            "tips_received",
+            "Publishers' tips received (the latest rev of a key; never forwarded)",
+            metrics.tips_received.clone(),
+        );
+        registry.register(
             "broker_connected",
             "1 while the broker is connected",
             metrics.broker_connected.clone(),
@@ -218,6 +227,11 @@ impl Metrics {
     }
 
     /// Counts a refused event or reply.
+    /// Counts a publisher's tip for a key of `kind`.
+    pub fn tip(&self, kind: &'static str) {
+        self.tips_received.get_or_create(&KindOnly { kind }).inc();
+    }
+
     pub fn rejected(&self, kind: &'static str, reason: &'static str) {
         self.events_rejected
             .get_or_create(&KindLabels { kind, reason })

@@ -585,6 +585,16 @@ impl Keyed for SceneEvent {
         &self.scene_id
     }
 }
+impl Keyed for TaskTip {
+    fn key(&self) -> &str {
+        &self.task_record_id
+    }
+}
+impl Keyed for SceneTip {
+    fn key(&self) -> &str {
+        &self.scene_id
+    }
+}
 impl Keyed for TaskSnapshot {
     fn key(&self) -> &str {
         &self.task_record_id

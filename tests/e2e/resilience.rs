@@ -578,7 +578,121 @@ async fn an_event_lost_while_a_snapshot_is_on_its_way_is_recovered() {
     }
 }
 
+async fn a_lost_event_is_healed_by_the_owners_next_tip(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
+    owner
+        .seed_task("t-tip", vec![TaskResult::now("[a] 0", TaskStatus::Running)])
+        .await;
+    let hub = TestHub::start(&broker).await;
+    let mut realtime = Client::connect(&hub, "/ws/task-execution/t-tip?interval=1").await;
+    realtime.next_of_type("task_execution_update").await;
+    let mut broadcast = Client::connect(&hub, "/ws/task-execution-broadcast/t-tip").await;
+    broadcast.assert_alive().await;
+
+    // The event is lost on its way; nothing the hub holds says so until the owner's tip.
+    owner
+        .append_unpublished("t-tip", "[a] 1", TaskStatus::Running)
+        .await;
+    realtime.expect_silence(Duration::from_millis(1500)).await;
+    owner.tip_task("t-tip").await;
+    let healed = realtime.next_of_type("task_execution_update").await;
+    assert_eq!(healed["data"], owner.task_data("t-tip").await);
+    assert_eq!(healed["data"].as_array().unwrap().len(), 2);
+    // A tip is never forwarded, and one at the rev the hub holds changes nothing.
+    owner.tip_task("t-tip").await;
+    broadcast.expect_silence(Duration::from_millis(300)).await;
+    realtime.expect_silence(Duration::from_millis(1500)).await;
+    assert!(
+        hub.metric("vwed_hub_tips_received_total{kind=\"task\"}")
+            .await
+            >= 2.0
+    );
+}
+
+async fn a_key_that_vanishes_is_told_once_and_may_come_back(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
+    let seeded = vec![location("s-gone", "l-1", "A1", "S1", 1)];
+    owner.seed_scene("s-gone", seeded.clone()).await;
+    let hub = TestHub::start(&broker).await;
+    let mut realtime = Client::connect(&hub, "/ws/storage-location/s-gone?interval=1").await;
+    realtime.next_of_type("storage_location_update").await;
+    let mut broadcast = Client::connect(&hub, "/ws/storage-location-broadcast/s-gone").await;
+    broadcast.assert_alive().await;
+
+    owner.forget_scene("s-gone").await;
+    // Something makes the hub look again (here a tip above what it holds).
+    owner.tip_scene("s-gone", u64::MAX / 2).await;
+    for client in [&mut realtime, &mut broadcast] {
+        let error = client.next_json().await;
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["scene_id"], "s-gone");
+        assert_eq!(error["message"], "场景不存在: s-gone");
+    }
+    // No more pushes of the old state; the connections stay open.
+    realtime.expect_silence(Duration::from_millis(2500)).await;
+    broadcast.assert_alive().await;
+
+    owner.upsert("s-gone", seeded).await;
+    let back = realtime.next_of_type("storage_location_update").await;
+    assert_eq!(
+        back["data"]["storage_locations"],
+        owner.scene_locations("s-gone", |_| true).await
+    );
+}
+
+async fn a_store_restored_to_an_older_rev_is_believed(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
+    owner
+        .seed_task(
+            "t-back",
+            vec![TaskResult::now("[new] 1", TaskStatus::Running)],
+        )
+        .await;
+    let hub = TestHub::start(&broker).await;
+    let mut realtime = Client::connect(&hub, "/ws/task-execution/t-back?interval=1").await;
+    realtime.next_of_type("task_execution_update").await;
+    let mut broadcast = Client::connect(&hub, "/ws/task-execution-broadcast/t-back").await;
+    broadcast.assert_alive().await;
+
+    // The owner's store comes back from a backup, versioned far below what the hub holds, and
+    // the owner carries on from there.
+    owner
+        .restore_task(
+            "t-back",
+            100,
+            vec![TaskResult::now("[old] 1", TaskStatus::Running)],
+        )
+        .await;
+    for rev in 101..=103 {
+        owner
+            .append_at_rev("t-back", rev, &format!("[old] {rev}"))
+            .await;
+    }
+    // Three stale events in a row: a snapshot, refused as older a few times, then believed.
+    let restored = owner.task_data("t-back").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let update = realtime.next_of_type("task_execution_update").await;
+        if update["data"] == restored {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stuck at {update}");
+    }
+    // Events at or below the rev the hub held were not news to broadcast clients.
+    broadcast.expect_silence(Duration::from_millis(200)).await;
+    // From the believed rev on, broadcast clients get the owner's events again.
+    owner.append_at_rev("t-back", 104, "[old] 104").await;
+    let event = broadcast.next_of_type("task_execution_update").await;
+    assert_eq!(event["data"][0]["context"], "[old] 104");
+}
+
 on_both_brokers!(
+    a_lost_event_is_healed_by_the_owners_next_tip,
+    a_key_that_vanishes_is_told_once_and_may_come_back,
+    a_store_restored_to_an_older_rev_is_believed,
     events_racing_a_snapshot_merge_exactly,
     a_missing_owner_gets_an_error_and_the_state_once_it_answers,
     a_slow_owner_times_out_and_is_retried,

@@ -286,6 +286,83 @@ impl Owner {
         self.flush().await;
     }
 
+    /// Forgets a scene, as a store restored from a backup without it would: snapshots then
+    /// answer "not found". Publishes nothing (the contract has no event for it).
+    pub async fn forget_scene(&self, scene: &str) {
+        self.state.lock().await.scenes.remove(scene);
+    }
+
+    /// Sets a task's results and rev as they were in a backup (a rev below what was published
+    /// since), publishing nothing.
+    pub async fn restore_task(&self, task: &str, rev: u64, results: Vec<TaskResult>) {
+        self.state
+            .lock()
+            .await
+            .tasks
+            .insert(task.to_owned(), (rev, results));
+    }
+
+    /// Appends a result with the given rev (the owner's own version counter, e.g. after a
+    /// restore), publishing the change.
+    pub async fn append_at_rev(&self, task: &str, rev: u64, context: &str) {
+        let mut state = self.state.lock().await;
+        let (held, results) = state.tasks.entry(task.to_owned()).or_default();
+        let result = TaskResult::now(context, TaskStatus::Running);
+        results.push(result.clone());
+        *held = rev;
+        let event = TaskEvent {
+            task_record_id: task.to_owned(),
+            rev,
+            change: TaskChange::Append {
+                index: results.len() as u64 - 1,
+                results: vec![result],
+            },
+        };
+        self.publisher.publish_task(&event).await.expect("publish");
+        drop(state);
+        self.flush().await;
+    }
+
+    /// The rev of a task's state.
+    pub async fn task_rev(&self, task: &str) -> u64 {
+        self.state
+            .lock()
+            .await
+            .tasks
+            .get(task)
+            .map_or(0, |(rev, _)| *rev)
+    }
+
+    /// Publishes a tip naming the task's current rev, as the SDK does every tip interval.
+    pub async fn tip_task(&self, task: &str) {
+        let tip = vwed_publisher::TaskTip {
+            task_record_id: task.to_owned(),
+            rev: self.task_rev(task).await,
+        };
+        let subject = self.publisher.subjects().task_events(task);
+        let payload = serde_json::to_vec(&tip).expect("a tip encodes");
+        self.publisher
+            .publish_raw(subject, payload.into())
+            .await
+            .expect("publish");
+        self.flush().await;
+    }
+
+    /// Publishes a tip for a scene naming `rev`.
+    pub async fn tip_scene(&self, scene: &str, rev: u64) {
+        let tip = vwed_publisher::SceneTip {
+            scene_id: scene.to_owned(),
+            rev,
+        };
+        let subject = self.publisher.subjects().scene_events(scene);
+        let payload = serde_json::to_vec(&tip).expect("a tip encodes");
+        self.publisher
+            .publish_raw(subject, payload.into())
+            .await
+            .expect("publish");
+        self.flush().await;
+    }
+
     /// What endpoint 1 should show for `task` now: the `data` of its state message.
     pub async fn task_data(&self, task: &str) -> Value {
         let state = self.state.lock().await;

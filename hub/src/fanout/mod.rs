@@ -6,6 +6,9 @@
 mod mailbox;
 mod member;
 mod registry;
+mod sync;
+#[cfg(test)]
+mod sync_props;
 mod topic;
 
 use std::sync::Arc;

@@ -1,19 +1,18 @@
-//! One watched key: its broker subscription, its view, and the connections watching it.
+//! One watched key's task: the I/O around its [`SyncCore`], and the connections watching it.
 //!
 //! A topic is a task that alone owns its state, so events for one key apply in order and the view
-//! needs no lock. It keeps the view in step with the owner by SPEC 3's rule: subscribe first,
-//! buffer events, request a snapshot, then apply the buffered and later events whose rev is above
-//! the snapshot's. Lost messages (a reconnect, a slow consumer) or a gap in a task's results start
-//! the same cycle again while the old view keeps serving.
+//! needs no lock. What the view does with events, tips and snapshots is the sync core's
+//! (`sync.rs`, a state machine with no I/O); this task subscribes, sends the requests the core
+//! asks for, keeps its timers, and carries out what the core decides for the members. It never
+//! waits on the broker in its loop: subscribing and requesting are futures it polls beside
+//! everything else, so joins, leaves and `get_status` are served while NATS is slow.
 //!
 //! Realtime members are grouped by filter and interval. A group has one timer; on each tick it
 //! renders its filter once (only if the view changed since the last render) and shares that frame
 //! with every member whose last state is different and at least one interval old.
-//!
-//! Broadcast members get every event once, as it arrives, even while the view waits for a
-//! snapshot; an event whose rev is not above the last one forwarded is a late duplicate.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,18 +29,10 @@ use tokio::time::{sleep, Instant, Sleep};
 use super::mailbox::Receiver;
 use super::member::{Delivery, Member, MemberId, Mode, Outbox};
 use super::registry::{Command, Departure, TopicContext};
+use super::sync::{Effects, Reply, SyncCore};
 use crate::broker::{BrokerError, Subscription};
 use crate::messages::{Envelope, Frame};
-use crate::view::{self, Applied, View};
-
-/// Events kept while a snapshot is on its way, by count and by payload bytes; past either, the
-/// oldest are dropped, and a snapshot that does not cover them is followed by another.
-const MAX_BUFFERED_EVENTS: usize = 10_000;
-const MAX_BUFFERED_BYTES: usize = 32 * 1024 * 1024;
-
-/// First wait before retrying a failed snapshot; it doubles up to [`MAX_RETRY_DELAY`].
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+use crate::view::{self, Incoming, View};
 
 /// A state stamped this recently is shared as it is (e.g. by every member that joined while the
 /// first snapshot was on its way) rather than copied with a new timestamp.
@@ -50,15 +41,19 @@ const STAMP_REUSE: Duration = Duration::from_millis(100);
 /// A tick this late is a stall, not timer jitter.
 const LATE_TICK: Duration = Duration::from_millis(100);
 
-/// Refusals of a snapshot older than the view before it is believed: an owner whose revs went
-/// back (a restored database) must not freeze the view for good.
-const MAX_STALE_REFUSALS: u32 = 3;
-
 /// Realtime members that share a filter and an interval, and so a timer and a render.
 type GroupKey<F> = (F, Duration);
 
 /// A watched key's task.
 pub struct Topic<V: View> {
+    /// Where the view stands with the owner: the decisions.
+    core: SyncCore<V>,
+    /// Everything else: the broker, the timers, the members.
+    shell: Shell<V>,
+}
+
+/// The I/O and the members around a topic's core; carries out its [`Effects`].
+struct Shell<V: View> {
     /// The task record id or scene id, as clients and publishers spell it.
     id: String,
     /// The pre-escaped parts of every message about this key.
@@ -71,106 +66,25 @@ pub struct Topic<V: View> {
     commands: Receiver<Command<V::Filter>>,
     /// The key's events; `None` until subscribed (and again if the broker closed it).
     events: Option<Subscription>,
-    /// The state; `None` until the first snapshot answered (found or not).
-    view: Option<V>,
-    /// The rev of the last event the view reflects; `None` before any (a key not found).
-    view_rev: Option<u64>,
-    /// Bumped on every change to the view, so renders know when they are stale.
-    version: u64,
-    /// The highest rev sent to broadcast members.
-    forwarded_rev: Option<u64>,
-    /// Whether the view is live or waiting for a snapshot.
-    sync: Sync<V::Event>,
-    /// Snapshots in a row that did not cover a gap; spaces out the next ones.
-    gaps: u32,
+    /// A subscription on its way; a snapshot request follows it.
+    subscribing: Option<BoxFuture<'static, Result<Subscription, BrokerError>>>,
+    /// The snapshot request on its way.
+    request: Option<BoxFuture<'static, Result<Bytes, BrokerError>>>,
+    /// When the core wants [`SyncCore::on_retry_due`].
+    retry: Option<Pin<Box<Sleep>>>,
     /// Everyone watching, by membership id.
     members: HashMap<MemberId, Watcher<V::Filter>>,
     /// Realtime members by filter and interval.
     groups: HashMap<GroupKey<V::Filter>, Group>,
     /// One render per distinct filter, shared by every group with that filter.
     renders: HashMap<V::Filter, Render>,
+    /// The broadcast frames of the event being handled, so realtime notices of the same event
+    /// reuse them instead of rendering it again.
+    event_frames: Option<Vec<Frame>>,
     /// Causes already logged at warn level, so a broken publisher cannot flood the log.
     warned: HashSet<&'static str>,
     /// The counter of broker messages for this key's kind, looked up once rather than per event.
     received: Counter,
-}
-
-/// Where the view stands with the owner.
-enum Sync<E> {
-    /// Events apply as they arrive.
-    Live,
-    /// A snapshot is requested or due; events wait in the buffer.
-    Loading(Loading<E>),
-}
-
-struct Loading<E> {
-    /// Events that arrived since loading began, in order.
-    buffer: VecDeque<Buffered<E>>,
-    /// Payload bytes of the buffered events.
-    buffered_bytes: usize,
-    /// The highest rev dropped from a full buffer: a snapshot older than it is not enough.
-    dropped_rev: Option<u64>,
-    /// Failed attempts in a row; sets the retry delay.
-    failures: u32,
-    /// The request on its way, if one is.
-    request: Option<BoxFuture<'static, Result<Bytes, BrokerError>>>,
-    /// When to send the next request, when none is on its way.
-    retry: Option<Pin<Box<Sleep>>>,
-    /// Events may have been lost after the request on its way was sent: take one more after it.
-    again: bool,
-    /// Snapshots refused in a row for being older than the view.
-    stale_refusals: u32,
-    /// Events buffered so far, dropped ones included.
-    arrivals: u64,
-    /// `arrivals` when the last request was sent: later events may postdate its snapshot.
-    arrivals_at_request: u64,
-}
-
-struct Buffered<E> {
-    /// Position in arrival order, counted over the whole loading.
-    arrival: u64,
-    rev: u64,
-    size: usize,
-    event: E,
-}
-
-impl<E> Loading<E> {
-    /// Loading that sends its request after `delay`.
-    fn after(delay: Duration) -> Self {
-        Self {
-            buffer: VecDeque::new(),
-            buffered_bytes: 0,
-            dropped_rev: None,
-            failures: 0,
-            request: None,
-            retry: Some(Box::pin(sleep(delay))),
-            again: false,
-            stale_refusals: 0,
-            arrivals: 0,
-            arrivals_at_request: 0,
-        }
-    }
-
-    fn buffer(&mut self, event: E, rev: u64, size: usize) {
-        let arrival = self.arrivals;
-        self.arrivals += 1;
-        while self.buffer.len() >= MAX_BUFFERED_EVENTS
-            || (self.buffered_bytes + size > MAX_BUFFERED_BYTES && !self.buffer.is_empty())
-        {
-            let Some(oldest) = self.buffer.pop_front() else {
-                break;
-            };
-            self.buffered_bytes -= oldest.size;
-            self.dropped_rev = Some(self.dropped_rev.map_or(oldest.rev, |d| d.max(oldest.rev)));
-        }
-        self.buffered_bytes += size;
-        self.buffer.push_back(Buffered {
-            arrival,
-            rev,
-            size,
-            event,
-        });
-    }
 }
 
 /// One member and what it has been sent.
@@ -236,74 +150,194 @@ impl<V: View> Topic<V> {
     ) -> Self {
         let received = context.metrics.broker_messages_counter(V::KIND.label());
         Self {
-            envelope: Envelope::new(V::KIND, &id),
-            id,
-            context,
-            departure,
-            commands,
-            events: None,
-            view: None,
-            view_rev: None,
-            version: 0,
-            forwarded_rev: None,
-            sync: Sync::Loading(Loading::after(Duration::ZERO)),
-            gaps: 0,
-            members: HashMap::new(),
-            groups: HashMap::new(),
-            renders: HashMap::new(),
-            warned: HashSet::new(),
-            received,
+            core: SyncCore::new(id.clone()),
+            shell: Shell {
+                envelope: Envelope::new(V::KIND, &id),
+                id,
+                context,
+                departure,
+                commands,
+                events: None,
+                subscribing: None,
+                request: None,
+                retry: None,
+                members: HashMap::new(),
+                groups: HashMap::new(),
+                renders: HashMap::new(),
+                event_frames: None,
+                warned: HashSet::new(),
+                received,
+            },
         }
     }
 
     /// Serves the key until its last member leaves.
     pub async fn run(mut self) {
         let kind = V::KIND.label();
-        tracing::debug!(kind, id = %self.id, "watching");
-        self.request_snapshot().await;
+        tracing::debug!(kind, id = %self.shell.id, "watching");
+        let Self { core, shell } = &mut self;
+        core.start(shell);
         loop {
             tokio::select! {
-                command = self.commands.recv() => {
+                command = shell.commands.recv() => {
                     let Some(command) = command else { break };
-                    if self.on_command(command).await == Continue::Stop {
+                    if shell.on_command(command, core) == Continue::Stop {
                         break;
                     }
                 }
-                payload = next_event(&mut self.events) => match payload {
+                payload = next_event(&mut shell.events) => match payload {
                     Some(payload) => {
-                        self.received.inc();
-                        self.on_event(&payload);
+                        shell.received.inc();
+                        shell.on_payload(&payload, core);
                     }
                     None => {
-                        tracing::warn!(kind, id = %self.id, "subscription ended; resubscribing");
-                        self.events = None;
-                        self.context.metrics.subscriptions.dec();
-                        self.resnapshot().await;
+                        tracing::warn!(kind, id = %shell.id, "subscription ended; resubscribing");
+                        shell.events = None;
+                        shell.context.metrics.subscriptions.dec();
+                        core.on_lost(shell);
                     }
                 },
-                step = snapshot_step(&mut self.sync) => match step {
-                    SnapshotStep::Replied(reply) => self.on_snapshot(reply),
-                    SnapshotStep::RetryDue => self.request_snapshot().await,
+                subscribed = poll_slot(&mut shell.subscribing) => match subscribed {
+                    Ok(subscription) => {
+                        shell.events = Some(subscription);
+                        shell.context.metrics.subscriptions.inc();
+                        shell.send_request();
+                    }
+                    Err(error) => {
+                        tracing::warn!(kind, id = %shell.id, %error, "cannot subscribe; retrying");
+                        core.on_reply(Reply::Failed("unavailable"), shell);
+                    }
                 },
-                () = sleep_until_earliest(&self.groups), if !self.groups.is_empty() => {
-                    self.on_due_ticks();
+                reply = poll_slot(&mut shell.request) => {
+                    let reply = shell.read_reply(reply);
+                    core.on_reply(reply, shell);
+                }
+                () = poll_sleep(&mut shell.retry) => core.on_retry_due(shell),
+                () = sleep_until_earliest(&shell.groups), if !shell.groups.is_empty() => {
+                    shell.on_due_ticks(core);
                 }
             }
         }
-        if self.events.is_some() {
-            self.context.metrics.subscriptions.dec();
+        if shell.events.is_some() {
+            shell.context.metrics.subscriptions.dec();
         }
-        tracing::debug!(kind, id = %self.id, "no longer watched");
+        tracing::debug!(kind, id = %shell.id, "no longer watched");
+    }
+}
+
+impl<V: View> Effects<V> for Shell<V> {
+    fn request_snapshot(&mut self) {
+        if self.events.is_some() {
+            self.send_request();
+            return;
+        }
+        // Subscribe first, so that no event published after the snapshot is missed; the request
+        // goes out once the subscription is in place.
+        let broker = self.context.broker.clone();
+        let subject = view::event_subject(V::KIND, &self.context.subjects, &self.id);
+        self.subscribing = Some(Box::pin(async move { broker.subscribe(subject).await }));
     }
 
-    async fn on_command(&mut self, command: Command<V::Filter>) -> Continue {
+    fn retry_in(&mut self, delay: Duration) {
+        self.retry = Some(Box::pin(sleep(delay)));
+    }
+
+    fn forward(&mut self, event: &V::Event) {
+        let mut broadcast = self
+            .members
+            .values()
+            .filter(|w| matches!(w.mode, Mode::Broadcast))
+            .peekable();
+        if broadcast.peek().is_some() {
+            let frames = V::event_frames(&self.envelope, event);
+            for watcher in broadcast {
+                for frame in &frames {
+                    watcher.outbox.offer_or_close(frame.clone());
+                }
+            }
+            self.event_frames = Some(frames);
+        }
+    }
+
+    fn notice(&mut self, event: &V::Event, notice: V::Notice) {
+        let mut frames = self.event_frames.take();
+        for ((filter, _), group) in &self.groups {
+            if !V::notice_reaches(&notice, filter) {
+                continue;
+            }
+            let frames = frames.get_or_insert_with(|| V::event_frames(&self.envelope, event));
+            for id in &group.members {
+                // A member that has no state yet will see this in its first one.
+                let Some(watcher) = self.members.get_mut(id) else {
+                    continue;
+                };
+                if watcher.last_sent.is_some() {
+                    for frame in frames.iter() {
+                        if watcher.outbox.offer_notice(frame.clone()) == Delivery::Full {
+                            // Its next state, which the writer puts before the changes it
+                            // covers, must go out even if nothing else changes.
+                            watcher.last_sent = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver_owed(&mut self, view: Option<&V>, version: u64, failing: bool) {
+        let owed: Vec<MemberId> = self
+            .members
+            .iter()
+            .filter(|(_, w)| w.pending)
+            .map(|(id, _)| *id)
+            .collect();
+        let now = Instant::now();
+        for id in owed {
+            self.deliver_state(view, version, failing, id, false, now);
+        }
+    }
+
+    fn vanished(&mut self) {
+        let error = self.envelope.error(&V::KIND.not_found_message(&self.id));
+        for watcher in self.members.values_mut() {
+            // Members still owed their first state hear of it with that state's delivery.
+            if watcher.pending {
+                continue;
+            }
+            watcher.last_sent = None;
+            watcher.outbox.offer_state(error.clone());
+        }
+    }
+
+    fn reject(&mut self, cause: &'static str, detail: &dyn Display) {
+        let kind = V::KIND.label();
+        self.context.metrics.rejected(kind, cause);
+        if self.warned.insert(cause) {
+            tracing::warn!(kind, id = %self.id, cause, %detail, "refused a payload (further ones of this cause are logged at debug)");
+        } else {
+            tracing::debug!(kind, id = %self.id, cause, %detail, "refused a payload");
+        }
+    }
+
+    fn stale_event(&mut self) {
+        self.context.metrics.events_stale.inc();
+    }
+
+    fn snapshot_outcome(&mut self, outcome: &'static str) {
+        self.context.metrics.snapshot(V::KIND.label(), outcome);
+    }
+}
+
+impl<V: View> Shell<V> {
+    fn on_command(&mut self, command: Command<V::Filter>, core: &mut SyncCore<V>) -> Continue {
         match command {
-            Command::Join(member) => self.join(member),
+            Command::Join(member) => self.join(member, core),
             Command::GetStatus(id) => {
                 if let Some(watcher) = self.members.get_mut(&id) {
                     watcher.status_requested.store(false, Ordering::Release);
                     watcher.pending = true;
-                    self.deliver_state(id, true, Instant::now());
+                    let (view, version, failing) = (core.view(), core.version(), core.is_failing());
+                    self.deliver_state(view, version, failing, id, true, Instant::now());
                 }
             }
             Command::Leave(id) => {
@@ -312,12 +346,58 @@ impl<V: View> Topic<V> {
                     return Continue::Stop;
                 }
             }
-            Command::Resnapshot => self.resnapshot().await,
+            Command::Resnapshot => core.on_lost(self),
         }
         Continue::Go
     }
 
-    fn join(&mut self, member: Member<V::Filter>) {
+    /// A payload on the key's subject: an event or a tip, for the core; anything else refused.
+    fn on_payload(&mut self, payload: &[u8], core: &mut SyncCore<V>) {
+        match view::parse_incoming::<V>(&self.id, payload) {
+            Ok(Incoming::Event(event)) => {
+                core.on_event(event, payload.len(), self);
+                self.event_frames = None;
+            }
+            Ok(Incoming::Tip(rev)) => {
+                self.context.metrics.tip(V::KIND.label());
+                core.on_tip(rev, self);
+            }
+            Err(error) => self.reject(error.cause(), &error),
+        }
+    }
+
+    /// Sends the snapshot request (the subscription is in place).
+    fn send_request(&mut self) {
+        let broker = self.context.broker.clone();
+        let metrics = self.context.metrics.clone();
+        let subject = view::snapshot_subject(V::KIND, &self.context.subjects, &self.id);
+        let timeout = self.context.snapshot_timeout;
+        self.request = Some(Box::pin(async move {
+            let started = std::time::Instant::now();
+            let reply = broker.request(subject, timeout).await;
+            metrics.snapshot_took(V::KIND.label(), started.elapsed());
+            reply
+        }));
+    }
+
+    /// What a snapshot request's outcome means for the core.
+    fn read_reply(&mut self, reply: Result<Bytes, BrokerError>) -> Reply<V> {
+        match reply {
+            Ok(payload) => match view::parse_snapshot::<V>(&self.id, &payload) {
+                Ok(Some((rev, view))) => Reply::Found(rev, view),
+                Ok(None) => Reply::NotFound,
+                Err(error) => {
+                    self.reject(error.cause(), &error);
+                    Reply::Failed("malformed")
+                }
+            },
+            Err(BrokerError::NoResponders) => Reply::Failed("no_responders"),
+            Err(BrokerError::TimedOut) => Reply::Failed("timeout"),
+            Err(BrokerError::Unavailable(_)) => Reply::Failed("unavailable"),
+        }
+    }
+
+    fn join(&mut self, member: Member<V::Filter>, core: &SyncCore<V>) {
         let realtime = match &member.mode {
             Mode::Realtime { filter, interval } => {
                 let key = (filter.clone(), *interval);
@@ -343,9 +423,9 @@ impl<V: View> Topic<V> {
             status_requested: member.status_requested,
         };
         self.members.insert(member.id, watcher);
-        self.deliver_state(member.id, false, Instant::now());
+        let (view, version, failing) = (core.view(), core.version(), core.is_failing());
+        self.deliver_state(view, version, failing, member.id, false, Instant::now());
     }
-
     fn leave(&mut self, id: MemberId) {
         let Some(watcher) = self.members.remove(&id) else {
             return;
@@ -369,7 +449,15 @@ impl<V: View> Topic<V> {
     /// Sends member `id` the state it is owed or, while there is none, why not: once per outage,
     /// and to every `get_status` (`asked`). `now` is shared by members served together, so that
     /// their periodic updates fall due on the same tick.
-    fn deliver_state(&mut self, id: MemberId, asked: bool, now: Instant) {
+    fn deliver_state(
+        &mut self,
+        view: Option<&V>,
+        version: u64,
+        failing: bool,
+        id: MemberId,
+        asked: bool,
+        now: Instant,
+    ) {
         let clock_in_use = self.group_clock_in_use(id);
         let Some(watcher) = self.members.get_mut(&id) else {
             return;
@@ -377,8 +465,7 @@ impl<V: View> Topic<V> {
         if !watcher.pending {
             return;
         }
-        let Some(view) = &self.view else {
-            let failing = matches!(&self.sync, Sync::Loading(l) if l.failures > 0);
+        let Some(view) = view else {
             if failing && (asked || !watcher.told_unavailable) {
                 watcher.told_unavailable = true;
                 watcher
@@ -398,7 +485,7 @@ impl<V: View> Topic<V> {
         }
         match &watcher.mode {
             Mode::Realtime { filter, interval } => {
-                let Some(render) = render(&mut self.renders, view, self.version, filter) else {
+                let Some(render) = render(&mut self.renders, view, version, filter) else {
                     return;
                 };
                 watcher.outbox.offer_state(render.frame(&self.envelope));
@@ -422,20 +509,6 @@ impl<V: View> Topic<V> {
         }
     }
 
-    /// Gives every member that is owed the state what there is: the state, or word of why not.
-    fn deliver_owed_states(&mut self) {
-        let owed: Vec<MemberId> = self
-            .members
-            .iter()
-            .filter(|(_, w)| w.pending)
-            .map(|(id, _)| *id)
-            .collect();
-        let now = Instant::now();
-        for id in owed {
-            self.deliver_state(id, false, now);
-        }
-    }
-
     /// Whether another member of `id`'s realtime group waits on the group's clock: any that
     /// is past its first delivery (it got a state, or word that the key is not found).
     fn group_clock_in_use(&self, id: MemberId) -> bool {
@@ -453,7 +526,7 @@ impl<V: View> Topic<V> {
     }
 
     /// Every group whose tick has come, in the order they fell due.
-    fn on_due_ticks(&mut self) {
+    fn on_due_ticks(&mut self, core: &SyncCore<V>) {
         let now = Instant::now();
         let mut due: Vec<_> = self
             .groups
@@ -463,13 +536,13 @@ impl<V: View> Topic<V> {
             .collect();
         due.sort_by_key(|(deadline, _)| *deadline);
         for (deadline, key) in due {
-            self.on_tick(key, deadline);
+            self.on_tick(key, deadline, core);
         }
     }
 
     /// A group's tick, scheduled for `deadline`: members whose view changed and whose interval
     /// has passed get the state, rendered and stamped once for all of them.
-    fn on_tick(&mut self, key: GroupKey<V::Filter>, deadline: Instant) {
+    fn on_tick(&mut self, key: GroupKey<V::Filter>, deadline: Instant, core: &SyncCore<V>) {
         let Some(group) = self.groups.get_mut(&key) else {
             return;
         };
@@ -486,10 +559,10 @@ impl<V: View> Topic<V> {
             deadline + *interval
         };
         group.next_tick = next_tick;
-        let Some(view) = self.view.as_ref().filter(|view| view.exists()) else {
+        let Some(view) = core.view().filter(|view| view.exists()) else {
             return;
         };
-        let Some(render) = render(&mut self.renders, view, self.version, filter) else {
+        let Some(render) = render(&mut self.renders, view, core.version(), filter) else {
             return;
         };
         let mut frame: Option<Frame> = None;
@@ -504,262 +577,6 @@ impl<V: View> Topic<V> {
             watcher.outbox.offer_state(frame.clone());
             watcher.last_sent = Some(render.hash);
             watcher.next_update = next_tick;
-        }
-    }
-
-    fn on_event(&mut self, payload: &[u8]) {
-        let event = match view::parse_event::<V>(&self.id, payload) {
-            Ok(event) => event,
-            Err(error) => return self.reject(error.cause(), &error),
-        };
-        let rev = V::event_rev(&event);
-        let mut frames = None;
-        if self.forwarded_rev.is_none_or(|forwarded| rev > forwarded) {
-            self.forwarded_rev = Some(rev);
-            let mut broadcast = self
-                .members
-                .values()
-                .filter(|w| matches!(w.mode, Mode::Broadcast))
-                .peekable();
-            if broadcast.peek().is_some() {
-                let rendered = V::event_frames(&self.envelope, &event);
-                for watcher in broadcast {
-                    for frame in &rendered {
-                        watcher.outbox.offer_or_close(frame.clone());
-                    }
-                }
-                frames = Some(rendered);
-            }
-        }
-        if let Sync::Loading(loading) = &mut self.sync {
-            loading.buffer(event, rev, payload.len());
-        } else if let Err(event) = self.apply(event, frames) {
-            // At once, unless recent gaps went unexplained: then the publisher is at fault.
-            let delay = match self.gaps {
-                0 => Duration::ZERO,
-                gaps => retry_delay(gaps),
-            };
-            tracing::info!(kind = V::KIND.label(), id = %self.id, rev, ?delay, "missed events; taking a fresh snapshot");
-            let mut loading = Loading::after(delay);
-            loading.buffer(event, rev, payload.len());
-            self.sync = Sync::Loading(loading);
-        }
-    }
-
-    /// Applies one event to the view and tells realtime members that hear of it at once.
-    /// `frames` are the event's broadcast frames if already rendered. Gives the event back
-    /// when it shows a gap: the view needs a snapshot before it can take it.
-    fn apply(&mut self, event: V::Event, frames: Option<Vec<Frame>>) -> Result<(), V::Event> {
-        let rev = V::event_rev(&event);
-        let Some(view) = self.view.as_mut() else {
-            return Ok(());
-        };
-        if self.view_rev.is_some_and(|held| rev <= held) {
-            self.context.metrics.events_stale.inc();
-            return Ok(());
-        }
-        match view.apply(&event) {
-            Applied::Changed(notice) => {
-                self.view_rev = Some(rev);
-                self.version += 1;
-                let Some(notice) = notice else {
-                    return Ok(());
-                };
-                let mut frames = frames;
-                for ((filter, _), group) in &self.groups {
-                    if !V::notice_reaches(&notice, filter) {
-                        continue;
-                    }
-                    let frames =
-                        frames.get_or_insert_with(|| V::event_frames(&self.envelope, &event));
-                    for id in &group.members {
-                        // A member that has no state yet will see this in its first one.
-                        let Some(watcher) = self.members.get_mut(id) else {
-                            continue;
-                        };
-                        if watcher.last_sent.is_some() {
-                            for frame in frames.iter() {
-                                if watcher.outbox.offer_notice(frame.clone()) == Delivery::Full {
-                                    // Its next state, which the writer puts before the changes
-                                    // it covers, must go out even if nothing else changes.
-                                    watcher.last_sent = None;
-                                }
-                            }
-                        }
-                    }
-                }
-                Ok(())
-            }
-            Applied::Gap => Err(event),
-            Applied::Ignored(cause) => {
-                self.reject(cause, &format_args!("event rev {rev} does not apply"));
-                Ok(())
-            }
-        }
-    }
-
-    fn on_snapshot(&mut self, reply: Result<Bytes, BrokerError>) {
-        let kind = V::KIND.label();
-        let refusals = match &self.sync {
-            Sync::Loading(loading) => loading.stale_refusals,
-            Sync::Live => 0,
-        };
-        let parsed = match reply {
-            Ok(payload) => match view::parse_snapshot::<V>(&self.id, &payload) {
-                Ok(Some((rev, _)))
-                    if self.view_rev.is_some_and(|held| rev < held)
-                        && refusals < MAX_STALE_REFUSALS =>
-                {
-                    Err("stale_snapshot")
-                }
-                Ok(snapshot) => Ok(snapshot),
-                Err(error) => {
-                    self.reject(error.cause(), &error);
-                    Err("malformed")
-                }
-            },
-            Err(BrokerError::NoResponders) => Err("no_responders"),
-            Err(BrokerError::TimedOut) => Err("timeout"),
-            Err(BrokerError::Unavailable(_)) => Err("unavailable"),
-        };
-        let Sync::Loading(loading) = &mut self.sync else {
-            return;
-        };
-        loading.request = None;
-        let snapshot = match parsed {
-            Ok(snapshot) => snapshot,
-            Err(reason) => {
-                self.context.metrics.snapshot(kind, reason);
-                if reason == "stale_snapshot" {
-                    loading.stale_refusals += 1;
-                }
-                loading.failures += 1;
-                let delay = retry_delay(loading.failures);
-                loading.retry = Some(Box::pin(sleep(delay)));
-                if loading.failures == 1 {
-                    tracing::warn!(kind, id = %self.id, reason, "snapshot failed; retrying with backoff");
-                } else {
-                    tracing::debug!(kind, id = %self.id, reason, failures = loading.failures, ?delay, "snapshot failed again");
-                }
-                self.deliver_owed_states();
-                return;
-            }
-        };
-        let found = if snapshot.is_some() {
-            "found"
-        } else {
-            "not_found"
-        };
-        self.context.metrics.snapshot(kind, found);
-        let Sync::Loading(loading) = std::mem::replace(&mut self.sync, Sync::Live) else {
-            return;
-        };
-        if loading.stale_refusals >= MAX_STALE_REFUSALS {
-            tracing::warn!(kind, id = %self.id, held = ?self.view_rev, "the owner's rev went back; believing its snapshot");
-        }
-        let (snapshot_rev, view) = match snapshot {
-            Some((rev, view)) => (Some(rev), view),
-            None => (None, V::default()),
-        };
-        self.view = Some(view);
-        self.view_rev = snapshot_rev;
-        self.version += 1;
-        // An event that arrived before the request and still shows a gap is not the owner's
-        // state: it is dropped. One that arrived while the request was out may be newer than the
-        // snapshot: it waits, with the rest, for another one.
-        let mut gap = false;
-        let mut waiting: Option<Loading<V::Event>> = None;
-        for buffered in loading.buffer {
-            if let Some(waiting) = &mut waiting {
-                waiting.buffer(buffered.event, buffered.rev, buffered.size);
-                continue;
-            }
-            let (arrival, rev, size) = (buffered.arrival, buffered.rev, buffered.size);
-            if let Err(event) = self.apply(buffered.event, None) {
-                gap = true;
-                if arrival >= loading.arrivals_at_request {
-                    let mut again = Loading::after(retry_delay(self.gaps + 1));
-                    again.buffer(event, rev, size);
-                    waiting = Some(again);
-                } else {
-                    let detail = format_args!("event rev {rev} does not fit the snapshot");
-                    self.reject("gap", &detail);
-                }
-            }
-        }
-        self.gaps = if gap { self.gaps + 1 } else { 0 };
-        let uncovered = loading
-            .dropped_rev
-            .is_some_and(|dropped| snapshot_rev.is_none_or(|rev| dropped > rev));
-        if let Some(waiting) = waiting {
-            tracing::info!(kind, id = %self.id, "an event newer than the snapshot shows a gap; taking another");
-            self.sync = Sync::Loading(waiting);
-        } else if uncovered || loading.again {
-            tracing::info!(kind, id = %self.id, uncovered, "taking another snapshot");
-            self.sync = Sync::Loading(Loading::after(Duration::ZERO));
-        }
-        self.deliver_owed_states();
-    }
-
-    /// Events may have been lost: take a fresh snapshot, keeping the view to serve meanwhile.
-    /// A request already on its way is kept (cancelling it would starve the topic under a storm
-    /// of notices) and followed by one more.
-    async fn resnapshot(&mut self) {
-        match &mut self.sync {
-            Sync::Live => self.sync = Sync::Loading(Loading::after(Duration::ZERO)),
-            Sync::Loading(loading) if loading.request.is_some() => {
-                loading.again = true;
-                return;
-            }
-            // Waiting to retry: the cause of the failures may be gone, so go now.
-            Sync::Loading(loading) => loading.failures = 0,
-        }
-        self.request_snapshot().await;
-    }
-
-    /// Subscribes if needed, then sends a snapshot request.
-    async fn request_snapshot(&mut self) {
-        let Sync::Loading(loading) = &mut self.sync else {
-            return;
-        };
-        loading.retry = None;
-        loading.again = false;
-        loading.arrivals_at_request = loading.arrivals;
-        let context = &self.context;
-        if self.events.is_none() {
-            let subject = view::event_subject(V::KIND, &context.subjects, &self.id);
-            match context.broker.subscribe(subject).await {
-                Ok(subscription) => {
-                    self.events = Some(subscription);
-                    context.metrics.subscriptions.inc();
-                }
-                Err(error) => {
-                    loading.failures += 1;
-                    loading.retry = Some(Box::pin(sleep(retry_delay(loading.failures))));
-                    tracing::warn!(kind = V::KIND.label(), id = %self.id, %error, "cannot subscribe; retrying");
-                    return;
-                }
-            }
-        }
-        let broker = context.broker.clone();
-        let metrics = context.metrics.clone();
-        let subject = view::snapshot_subject(V::KIND, &context.subjects, &self.id);
-        let timeout = context.snapshot_timeout;
-        loading.request = Some(Box::pin(async move {
-            let started = std::time::Instant::now();
-            let reply = broker.request(subject, timeout).await;
-            metrics.snapshot_took(V::KIND.label(), started.elapsed());
-            reply
-        }));
-    }
-
-    fn reject(&mut self, cause: &'static str, detail: &dyn std::fmt::Display) {
-        let kind = V::KIND.label();
-        self.context.metrics.rejected(kind, cause);
-        if self.warned.insert(cause) {
-            tracing::warn!(kind, id = %self.id, cause, %detail, "refused a payload (further ones of this cause are logged at debug)");
-        } else {
-            tracing::debug!(kind, id = %self.id, cause, %detail, "refused a payload");
         }
     }
 }
@@ -803,13 +620,6 @@ fn render<'a, V: View>(
     Some(render)
 }
 
-fn retry_delay(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
-    FIRST_RETRY_DELAY
-        .saturating_mul(2u32.pow(exponent))
-        .min(MAX_RETRY_DELAY)
-}
-
 /// Resolves when the earliest group is due.
 async fn sleep_until_earliest<K>(groups: &HashMap<K, Group>) {
     match groups.values().map(|group| group.next_tick).min() {
@@ -825,63 +635,21 @@ async fn next_event(events: &mut Option<Subscription>) -> Option<Bytes> {
     }
 }
 
-/// What the snapshot cycle has to say next.
-enum SnapshotStep {
-    /// The request on its way finished.
-    Replied(Result<Bytes, BrokerError>),
-    /// The wait before the next request is over.
-    RetryDue,
+/// The output of the future in `slot`, which is then emptied; pending while the slot is empty.
+async fn poll_slot<T>(slot: &mut Option<BoxFuture<'static, T>>) -> T {
+    let Some(future) = slot.as_mut() else {
+        return std::future::pending().await;
+    };
+    let output = future.await;
+    *slot = None;
+    output
 }
 
-/// Resolves when the snapshot request replies or the next one falls due; never while live.
-async fn snapshot_step<E>(sync: &mut Sync<E>) -> SnapshotStep {
-    match sync {
-        Sync::Loading(Loading {
-            request: Some(request),
-            ..
-        }) => SnapshotStep::Replied(request.await),
-        Sync::Loading(Loading {
-            retry: Some(retry), ..
-        }) => {
-            retry.await;
-            SnapshotStep::RetryDue
-        }
-        _ => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_back_off_to_a_ceiling() {
-        assert_eq!(retry_delay(1), Duration::from_millis(250));
-        assert_eq!(retry_delay(2), Duration::from_millis(500));
-        assert_eq!(retry_delay(4), Duration::from_secs(2));
-        assert_eq!(retry_delay(20), MAX_RETRY_DELAY);
-        assert_eq!(retry_delay(u32::MAX), MAX_RETRY_DELAY);
-    }
-
-    #[tokio::test]
-    async fn a_full_buffer_drops_the_oldest_and_remembers_their_revs() {
-        let mut loading = Loading::after(Duration::ZERO);
-        for rev in 1..=(MAX_BUFFERED_EVENTS as u64 + 5) {
-            loading.buffer((), rev, 10);
-        }
-        assert_eq!(loading.buffer.len(), MAX_BUFFERED_EVENTS);
-        assert_eq!(loading.dropped_rev, Some(5));
-        assert_eq!(loading.buffer.front().map(|b| b.rev), Some(6));
-
-        let mut by_bytes = Loading::after(Duration::ZERO);
-        by_bytes.buffer((), 1, MAX_BUFFERED_BYTES / 2);
-        by_bytes.buffer((), 2, MAX_BUFFERED_BYTES / 2);
-        by_bytes.buffer((), 3, 1);
-        assert_eq!(by_bytes.dropped_rev, Some(1));
-        assert_eq!(by_bytes.buffered_bytes, MAX_BUFFERED_BYTES / 2 + 1);
-        // One event larger than the whole budget is still kept, alone.
-        by_bytes.buffer((), 4, MAX_BUFFERED_BYTES * 2);
-        assert_eq!(by_bytes.buffer.len(), 1);
-        assert_eq!(by_bytes.dropped_rev, Some(3));
-    }
+/// Resolves when the timer in `slot` fires, emptying it; pending while the slot is empty.
+async fn poll_sleep(slot: &mut Option<Pin<Box<Sleep>>>) {
+    let Some(timer) = slot.as_mut() else {
+        return std::future::pending().await;
+    };
+    timer.await;
+    *slot = None;
 }

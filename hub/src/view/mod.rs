@@ -42,6 +42,8 @@ pub trait View: Default + Send + 'static {
     type Event: DeserializeOwned + Keyed + Send + 'static;
     /// A snapshot reply's state.
     type Snapshot: DeserializeOwned + Keyed + Send + 'static;
+    /// A publisher's tip: the latest rev it published for the key (SPEC 3, "Tips").
+    type Tip: DeserializeOwned + Keyed + Send + 'static;
     /// What a realtime client asked to see; clients with equal filters share one render.
     type Filter: Clone + Default + Eq + Hash + Debug + Send + Sync + 'static;
     /// A change realtime clients hear about as it happens, before the next periodic update.
@@ -52,6 +54,9 @@ pub trait View: Default + Send + 'static {
 
     /// The rev an event brings the view to.
     fn event_rev(event: &Self::Event) -> u64;
+
+    /// The rev a tip names.
+    fn tip_rev(tip: &Self::Tip) -> u64;
 
     /// Whether the owner knows the key (a snapshot found it, or an event created it).
     fn exists(&self) -> bool;
@@ -72,6 +77,35 @@ pub trait View: Default + Send + 'static {
 /// Parses an event and checks that it belongs to `id`.
 pub fn parse_event<V: View>(id: &str, payload: &[u8]) -> Result<V::Event, PayloadError> {
     vwed_publisher::wire::parse_keyed(payload, id)
+}
+
+/// What arrives on a key's event subject.
+#[derive(Debug)]
+pub enum Incoming<E> {
+    /// A change.
+    Event(E),
+    /// A tip: the latest rev the publisher published for the key. Never forwarded to clients.
+    Tip(u64),
+}
+
+/// Parses an event or a tip and checks that it belongs to `id`. Events are by far the common
+/// case, so a tip is tried only when the payload is not an event; a payload that is neither
+/// gets the event's parse error, which says most about what was meant.
+pub fn parse_incoming<V: View>(
+    id: &str,
+    payload: &[u8],
+) -> Result<Incoming<V::Event>, PayloadError> {
+    match parse_event::<V>(id, payload) {
+        Ok(event) => Ok(Incoming::Event(event)),
+        Err(PayloadError::Malformed(error)) => {
+            match vwed_publisher::wire::parse_keyed::<V::Tip>(payload, id) {
+                Ok(tip) => Ok(Incoming::Tip(V::tip_rev(&tip))),
+                Err(wrong @ PayloadError::WrongKey { .. }) => Err(wrong),
+                Err(PayloadError::Malformed(_)) => Err(PayloadError::Malformed(error)),
+            }
+        }
+        Err(other) => Err(other),
+    }
 }
 
 /// Parses a snapshot reply for `id`: the view and its rev, or `None` when the owner does not

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use vwed_publisher::{
-    LocationStatus, SceneChange, SceneEvent, SceneSnapshot, StatusAction, StorageLocation,
+    LocationStatus, SceneChange, SceneEvent, SceneSnapshot, SceneTip, StatusAction, StorageLocation,
 };
 
 use super::{Applied, FilterFields, LocationFilter, LocationOrder, View};
@@ -141,6 +141,7 @@ impl View for SceneView {
     const KIND: Kind = Kind::Scene;
     type Event = SceneEvent;
     type Snapshot = SceneSnapshot;
+    type Tip = SceneTip;
     type Filter = LocationFilter;
     type Notice = StatusNotice;
 
@@ -157,6 +158,10 @@ impl View for SceneView {
 
     fn event_rev(event: &SceneEvent) -> u64 {
         event.rev
+    }
+
+    fn tip_rev(tip: &SceneTip) -> u64 {
+        tip.rev
     }
 
     fn exists(&self) -> bool {

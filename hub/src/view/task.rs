@@ -1,6 +1,6 @@
 //! A task record's result list.
 
-use vwed_publisher::{TaskChange, TaskEvent, TaskResult, TaskSnapshot};
+use vwed_publisher::{TaskChange, TaskEvent, TaskResult, TaskSnapshot, TaskTip};
 
 use super::{Applied, View};
 use crate::messages::{Envelope, Frame, Kind};
@@ -18,6 +18,7 @@ impl View for TaskView {
     const KIND: Kind = Kind::Task;
     type Event = TaskEvent;
     type Snapshot = TaskSnapshot;
+    type Tip = TaskTip;
     type Filter = ();
     type Notice = ();
 
@@ -31,6 +32,10 @@ impl View for TaskView {
 
     fn event_rev(event: &TaskEvent) -> u64 {
         event.rev
+    }
+
+    fn tip_rev(tip: &TaskTip) -> u64 {
+        tip.rev
     }
 
     fn exists(&self) -> bool {
