@@ -19,10 +19,12 @@ from vwed_publisher import (
     LocationStatus,
     Publisher,
     StatusAction,
+    StorageLocation,
     TaskAppend,
     TaskResult,
     TaskStatus,
 )
+from vwed_publisher.responder import flush_through
 
 
 class Recorder:
@@ -52,7 +54,9 @@ class Recorder:
 async def record(nc: Client, subject: str) -> Recorder:
     recorder = Recorder()
     await nc.subscribe(subject, cb=recorder.handle)
-    await nc.flush()
+    # One flush is not enough: nats-py may send its PING ahead of the SUB, and a publish on
+    # another connection could then pass the subscription by (see flush_through).
+    await flush_through(nc)
     return recorder
 
 
@@ -216,3 +220,68 @@ async def test_every_recent_key_is_tipped_at_once_after_nats_comes_back(
     assert tips == sorted(revs.items())
     await publisher.close()
     await observer.close()
+
+
+async def test_a_single_id_is_not_taken_for_a_list_of_ids(nc: Client, publisher: Publisher) -> None:
+    # A str is an Iterable[str] to the type checker: remove_locations("s-1", "L-12") would
+    # remove "L", "-", "1" and "2", and leave L-12 on every panel.
+    wire = await record(nc, ">")
+    with pytest.raises(TypeError, match="ids must be a list of str"):
+        await publisher.remove_locations("s-1", "L-12")
+    with pytest.raises(TypeError, match="must be a list"):
+        await publisher.append_task_results("t-1", 0, b"x")  # type: ignore[arg-type]
+    await publisher.flush()
+    await asyncio.sleep(0.1)
+    assert wire.messages == []
+
+
+async def test_values_changed_after_they_were_built_are_checked_before_sending(
+    nc: Client, publisher: Publisher
+) -> None:
+    # Each of these reaches every hub as a malformed event, which it drops: the event is lost.
+    wire = await record(nc, ">")
+    status = LocationStatus(
+        id="L-1", is_occupied=True, is_locked=False, is_disabled=False, is_empty_tray=False
+    )
+    status.is_occupied = 1  # type: ignore[assignment]
+    with pytest.raises(TypeError, match=r"LocationStatus\.is_occupied must be bool"):
+        await publisher.status_change("s-1", "A-1", StatusAction.OCCUPY, status)
+
+    result = running("x")
+    result.status = "DONE"  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="DONE"):
+        await publisher.append_task_results("t-1", 0, [result])
+
+    location = StorageLocation(
+        id="L-1",
+        layer_index=1,
+        layer_name="A-1",
+        station_name="A",
+        scene_id="s-1",
+        storage_area_id="area",
+    )
+    location.goods_weight = 12.5  # type: ignore[assignment]
+    with pytest.raises(TypeError, match=r"StorageLocation\.goods_weight must be int"):
+        await publisher.upsert_locations("s-1", [location])
+    location.goods_weight = 2**63  # the hub reads it as a signed 64-bit integer
+    with pytest.raises(ValueError, match="64-bit"):
+        await publisher.upsert_locations("s-1", [location])
+    with pytest.raises(ValueError, match="64-bit"):
+        StorageLocation(
+            id="L-1",
+            layer_index=-(2**63) - 1,
+            layer_name="A-1",
+            station_name="A",
+            scene_id="s-1",
+            storage_area_id="area",
+        )
+    await publisher.flush()
+    await asyncio.sleep(0.1)
+    assert wire.messages == []
+
+    # A plain status string set later is still a valid status.
+    result.status = "SUCCESS"  # type: ignore[assignment]
+    location.goods_weight = 2**63 - 1
+    await publisher.append_task_results("t-1", 0, [result])
+    await publisher.upsert_locations("s-1", [location])
+    await wire.wait_for(2)

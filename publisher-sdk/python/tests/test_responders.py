@@ -213,3 +213,20 @@ async def test_rust_and_python_replicas_share_one_queue_group(
         assert sum(answered_by.values()) == 200
     finally:
         await stop_process(rust)
+
+
+async def test_a_responder_whose_start_failed_does_not_serve_on_unseen(
+    nc: Client, publisher: Publisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server is slow to confirm the subscription: serve raises, and hands back no
+    # responder that could be stopped, so nothing may go on answering.
+    async def slow_flush(timeout: int = 10) -> None:
+        raise nats.errors.FlushTimeoutError
+
+    monkeypatch.setattr(publisher.nc, "flush", slow_flush)
+    with pytest.raises(nats.errors.FlushTimeoutError):
+        await publisher.serve_task_snapshots(lambda id: TaskSnapshot(id, 1, []))
+    monkeypatch.undo()
+    await publisher.flush()
+    with pytest.raises(nats.errors.NoRespondersError):
+        await ask(nc, "vwed.snapshot.task.t", timeout=0.5)

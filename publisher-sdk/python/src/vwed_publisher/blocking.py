@@ -9,6 +9,7 @@ instance and a key's events still reach NATS in rev order.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine, Iterable
 from concurrent.futures import Future
@@ -52,8 +53,20 @@ class _LoopThread:
                 "a BlockingPublisher method was called on its own loop thread, where it would "
                 "wait for itself; use the async Publisher (BlockingPublisher.publisher) there"
             )
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        return future.result(timeout)
+        try:
+            future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        except RuntimeError:  # the loop is closed: the publisher was
+            coroutine.close()
+            raise RuntimeError("this BlockingPublisher is closed") from None
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            # A call the caller gave up on must not go on and publish later, behind its back.
+            future.cancel()
+            # The builtin TimeoutError (on Python 3.10 the futures one is another class).
+            raise TimeoutError(
+                f"the publisher's loop did not finish the call in {timeout} s"
+            ) from None
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -77,7 +90,12 @@ class BlockingSnapshotResponder(Generic[S]):
         return self._responder.is_serving
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop answering, waiting up to ``timeout`` s for answers in hand."""
+        """Stop answering, waiting up to ``timeout`` s for answers in hand; safe to repeat.
+
+        Closing the publisher stops it too (and a call afterwards does nothing).
+        """
+        if not self._responder.is_serving:
+            return
         self._loop.run(self._responder.stop(timeout), timeout + 5.0)
 
 
@@ -115,7 +133,9 @@ class BlockingPublisher:
     ) -> BlockingPublisher:
         """Connect to NATS on a thread of its own; the options are :meth:`Publisher.connect`'s.
 
-        ``timeout`` bounds how long each call waits (connecting, publishing, flushing).
+        ``timeout`` bounds how long each call waits (connecting, publishing, flushing). A call
+        that runs out of it raises ``TimeoutError`` and is cancelled, so it does not publish
+        later behind the caller's back (unless it had already handed its event to NATS).
         """
         loop = _LoopThread()
         try:
@@ -213,8 +233,13 @@ class BlockingPublisher:
         return BlockingSnapshotResponder(responder, self._loop)
 
     def flush(self) -> None:
-        """Wait until everything published so far has reached the NATS server."""
-        self._run(self._publisher.flush(self._timeout))
+        """Wait until everything published so far has reached the NATS server.
+
+        Through a NATS outage too, up to the publisher's ``timeout`` (see
+        :meth:`Publisher.flush`).
+        """
+        # A second more for the loop, so that flush's own FlushTimeoutError is what is raised.
+        self._loop.run(self._publisher.flush(self._timeout), self._timeout + 1.0)
 
     def close(self) -> None:
         """Stop tipping and serving, flush, close the connection and the loop thread."""

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 
 from .responder import (
@@ -19,6 +20,7 @@ from .responder import (
     SceneSnapshotHandler,
     SnapshotResponder,
     TaskSnapshotHandler,
+    flush_through,
 )
 from .rev import HybridClock
 from .subject import DEFAULT_PREFIX, Subjects
@@ -37,6 +39,7 @@ from .wire import (
     TaskReplace,
     TaskResult,
     TaskSnapshot,
+    listed,
     timestamp_now,
     to_json,
 )
@@ -53,6 +56,10 @@ _RECONNECT_POLL = 0.1
 
 nats-py takes its reconnect callback only at connect time, and the publisher is handed a
 connection made by the service; its reconnect counter is public, so it is read instead."""
+
+
+_TIPS_PER_SLICE = 500
+"""Tips sent between two yields to the event loop (about 1.5 ms of work)."""
 
 
 class Publisher:
@@ -87,6 +94,10 @@ class Publisher:
         ``prefix`` must match the hub's ``--subject-prefix``. ``tip_interval=None`` turns tips
         off (only for tests and tools: without tips a lost event stays lost until the key
         changes again). ``clock`` lets several publishers of one process share a rev clock.
+
+        Connect ``nc`` with ``max_reconnect_attempts=-1``, as :meth:`connect` does: nats-py's
+        default gives up after 60 attempts (about two minutes of outage), and from then on
+        every publish raises ``nats.errors.ConnectionClosedError``.
         """
         if tip_interval is not None and not tip_interval > 0:
             raise ValueError(f"tip_interval must be positive or None, not {tip_interval!r}")
@@ -198,12 +209,14 @@ class Publisher:
         self, task_record_id: str, index: int, results: Iterable[TaskResult]
     ) -> int:
         """Publish ``results`` written at ``index`` of the task's list; return the event's rev."""
-        event = TaskAppend(task_record_id, 0, index, list(results))
+        event = TaskAppend(task_record_id, 0, index, listed("results", results, TaskResult))
         return await self._publish_with_next_rev(event)
 
     async def replace_task_results(self, task_record_id: str, results: Iterable[TaskResult]) -> int:
         """Publish the task's whole result list; return the event's rev."""
-        return await self._publish_with_next_rev(TaskReplace(task_record_id, 0, list(results)))
+        return await self._publish_with_next_rev(
+            TaskReplace(task_record_id, 0, listed("results", results, TaskResult))
+        )
 
     async def status_change(
         self,
@@ -227,12 +240,16 @@ class Publisher:
         self, scene_id: str, storage_locations: Iterable[StorageLocation]
     ) -> int:
         """Publish full records added or replaced by id; return the event's rev."""
-        event = LocationsUpsert(scene_id, 0, list(storage_locations))
+        event = LocationsUpsert(
+            scene_id, 0, listed("storage_locations", storage_locations, StorageLocation)
+        )
         return await self._publish_with_next_rev(event)
 
     async def remove_locations(self, scene_id: str, ids: Iterable[str]) -> int:
         """Publish the removal of locations by id; return the event's rev."""
-        return await self._publish_with_next_rev(LocationsRemove(scene_id, 0, list(ids)))
+        return await self._publish_with_next_rev(
+            LocationsRemove(scene_id, 0, listed("ids", ids, str))
+        )
 
     async def _publish_with_next_rev(self, event: TaskEvent | SceneEvent) -> int:
         # Everything is checked before a rev is taken, so a refused call costs nothing.
@@ -252,37 +269,62 @@ class Publisher:
         if self._closed:
             raise RuntimeError("this publisher is closed")
         await self._nc.publish(subject, payload)
+        if self._tip_interval is None:
+            return  # nothing would ever read or forget the keys
         self._recent.published(subject, is_task, id, rev, time.monotonic())
-        if self._tipper is None and self._tip_interval is not None:
+        # nats-py may wait inside publish (a full buffer), and close() may have run meanwhile:
+        # a tip loop started now would outlive the publisher.
+        if self._tipper is None and not self._closed:
             self._tipper = asyncio.create_task(self._tip_loop(self._tip_interval))
 
     # --- tips ----------------------------------------------------------------------------------
 
     async def _tip_loop(self, interval: float) -> None:
-        reconnects = self._nc.stats["reconnects"]
+        nc = self._nc
+        reconnects = nc.stats["reconnects"]
         next_tip = time.monotonic() + interval
-        while True:
+        last_connected = time.monotonic()  # the last moment the connection was seen up
+        while not nc.is_closed:  # a closed client never comes back: nothing left to tip
             await asyncio.sleep(min(_RECONNECT_POLL, max(0.0, next_tip - time.monotonic())))
             now = time.monotonic()
-            if not self._nc.is_connected:
+            if not nc.is_connected:
                 # Tips published now would only wait in the buffer; the reconnect sends them.
                 continue
-            came_back = self._nc.stats["reconnects"] != reconnects
-            if came_back or now >= next_tip:
-                reconnects = self._nc.stats["reconnects"]
-                next_tip = now + interval
-                await self._send_tips(now, came_back)
+            try:
+                if nc.stats["reconnects"] != reconnects:
+                    reconnects = nc.stats["reconnects"]
+                    next_tip = now + interval
+                    # The window is counted up to when the connection was lost, however long
+                    # it stayed away: the last events before the outage are the ones most
+                    # likely to have been lost with it.
+                    await self._send_tips(last_connected, True)
+                elif now >= next_tip:
+                    next_tip = now + interval
+                    await self._send_tips(now, False)
+            except Exception:
+                # A tip loop that died would stop healing every key, silently.
+                log.exception("tipping recent keys failed; trying again next interval")
+            last_connected = now
 
     async def _send_tips(self, now: float, after_reconnect: bool) -> None:
-        async with self._in_rev_order:
-            tips = self._recent.tips(now)
-            if after_reconnect:
-                log.info("NATS connection is back: tipping %d recent keys", len(tips))
-            try:
-                for subject, payload in tips:
-                    await self._nc.publish(subject, payload)
-            except Exception as error:
-                log.warning("could not publish tips: %s", error)
+        """Tip every key published since ``now`` minus the window (``now`` forgets older ones).
+
+        Without the rev-order lock, and yielding every few hundred tips: with many recent keys
+        a round takes a while (100,000 keys, about 0.3 s), and publishing must not stall behind
+        it. No lock is needed: a key's rev is noted only once its event was handed to nats-py,
+        so each tip queues behind the event it names, and a tip that meets a newer event on
+        the way names a rev at or below the hub's, which changes nothing.
+        """
+        tips = self._recent.tips(now)
+        if after_reconnect:
+            log.info("NATS connection is back: tipping %d recent keys", len(tips))
+        try:
+            for sent, (subject, payload) in enumerate(tips, 1):
+                await self._nc.publish(subject, payload)
+                if sent % _TIPS_PER_SLICE == 0:
+                    await asyncio.sleep(0)
+        except Exception as error:
+            log.warning("could not publish tips: %s", error)
 
     # --- snapshots -----------------------------------------------------------------------------
 
@@ -296,6 +338,7 @@ class Publisher:
         (run in the loop's default executor) or a coroutine function. The snapshot's ``rev``
         must be the rev of the last event its state reflects: read both together.
         """
+        self._check_open()
         responder = SnapshotResponder(
             self._nc, self._subjects, handler, TaskSnapshot, self._responders.discard
         )
@@ -311,6 +354,7 @@ class Publisher:
         The same rules as :meth:`serve_task_snapshots`, with scene ids and
         :class:`SceneSnapshot`.
         """
+        self._check_open()
         responder = SnapshotResponder(
             self._nc, self._subjects, handler, SceneSnapshot, self._responders.discard
         )
@@ -318,16 +362,38 @@ class Publisher:
         self._responders.add(responder)
         return responder
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this publisher is closed")
+
     # --- lifetime ------------------------------------------------------------------------------
 
     async def flush(self, timeout: float = 10.0) -> None:
-        """Wait until everything published so far has reached the NATS server."""
-        await self._nc.flush(timeout=int(timeout) or 1)
+        """Wait until everything published so far has reached the NATS server.
+
+        During a NATS outage nats-py keeps what is published in its buffer and sends it when
+        the connection comes back; flush then waits for that, up to ``timeout`` seconds.
+        Raises ``nats.errors.FlushTimeoutError`` when the server has not confirmed in time, and
+        ``nats.errors.ConnectionClosedError`` when the connection is closed for good.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # nats-py's own flush returns at once while it reconnects, as if all were sent.
+        while not self._nc.is_connected:
+            if self._nc.is_closed:
+                raise nats.errors.ConnectionClosedError
+            if loop.time() >= deadline:
+                raise nats.errors.FlushTimeoutError
+            await asyncio.sleep(min(_RECONNECT_POLL, max(0.0, deadline - loop.time())))
+        await flush_through(self._nc, max(0.0, deadline - loop.time()))
 
     async def close(self) -> None:
         """Stop tipping and serving, flush what was published, and close an owned connection.
 
-        Safe to call twice.
+        Safe to call twice. It does not wait for a NATS outage to end: a connection made by
+        :meth:`connect` is closed at once, and what nats-py still buffered for it is dropped
+        (logged). A connection the service made stays open, buffer and all. To give NATS a
+        while to come back first, call :meth:`flush` with a timeout before closing.
         """
         if self._closed:
             return
@@ -340,11 +406,22 @@ class Publisher:
             await responder.stop()
         if self._nc.is_connected:
             try:
-                await self._nc.flush()
+                await flush_through(self._nc)
             except Exception as error:
                 log.warning("could not flush on close: %s", error)
         if self._owns_connection:
-            await self._nc.close()
+            if not self._nc.is_connected and self._nc.pending_data_size > 0:
+                log.warning(
+                    "closing while NATS is unreachable: up to %d bytes of events and tips "
+                    "buffered for it are dropped; hubs see those changes only with their "
+                    "keys' next events or snapshots (flush before close waits for NATS)",
+                    self._nc.pending_data_size,
+                )
+            try:
+                await self._nc.close()
+            except Exception as error:
+                # nats-py writes its buffer to the lost socket before closing, and raises.
+                log.warning("closing the NATS connection: %r", error)
 
     async def __aenter__(self) -> Publisher:
         return self

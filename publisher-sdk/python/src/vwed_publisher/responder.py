@@ -8,8 +8,10 @@ Python, so each request is answered once, and calls the service's handler for th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -28,6 +30,22 @@ TASK_QUEUE_GROUP = "vwed-snapshot-task"
 """The queue group of task snapshot responders: the Rust SDK's, so replicas in either share it."""
 SCENE_QUEUE_GROUP = "vwed-snapshot-scene"
 """The queue group of scene snapshot responders: the Rust SDK's, so replicas in either share it."""
+
+
+async def flush_through(nc: Client, timeout: float = 10.0) -> None:
+    """Wait until the server has read everything handed to ``nc`` so far, up to ``timeout`` s.
+
+    ``nc.flush()`` alone does not: nats-py writes its PING straight to the socket, ahead of the
+    commands still in its buffer (a subscription, events), so the server can answer it before
+    reading them. By the first PONG the buffer has gone out (nats-py's flusher runs as soon as
+    the loop does); a second PING then queues behind it. nats-py takes whole seconds, so the
+    wait may run up to a second over ``timeout``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    await nc.flush(max(1, math.ceil(timeout)))
+    await nc.flush(max(1, math.ceil(deadline - loop.time())))
+
 
 MAX_CONCURRENT_REQUESTS = 64
 """How many requests one responder handles at once; more wait in the subscription."""
@@ -82,12 +100,18 @@ class SnapshotResponder(Generic[S]):
         """The queue subscription; ``None`` once stopped."""
 
     async def _start(self, subject: str, queue_group: str) -> None:
-        self._subscription = await self._nc.subscribe(
-            subject, queue=queue_group, cb=self._on_request
-        )
+        subscription = await self._nc.subscribe(subject, queue=queue_group, cb=self._on_request)
+        self._subscription = subscription
         # The server has the subscription once it answers a ping: from here on, requests reach
         # this responder, which is what a caller that starts serving and then publishes expects.
-        await self._nc.flush()
+        try:
+            await flush_through(self._nc)
+        except BaseException:
+            # The caller gets no responder to stop: it must not go on serving unseen.
+            self._subscription = None
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+            raise
 
     @property
     def is_serving(self) -> bool:
@@ -103,7 +127,7 @@ class SnapshotResponder(Generic[S]):
         try:
             await subscription.unsubscribe()
             # Once stop returns the server routes no more requests here.
-            await self._nc.flush()
+            await flush_through(self._nc, timeout)
         except Exception as error:
             log.debug("unsubscribing a snapshot responder: %s", error)
         if self._in_flight:

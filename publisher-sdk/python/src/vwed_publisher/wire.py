@@ -23,6 +23,8 @@ from typing import Any, ClassVar, NamedTuple
 
 MAX_REV = 2**64 - 1
 """Revs are unsigned 64-bit integers on the wire."""
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+"""The integer fields of a storage location are signed 64-bit integers to the hub."""
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -131,22 +133,31 @@ class _Kind(NamedTuple):
     """The full rule, for anything else (a str subclass, an int subclass)."""
     what: str
     """How an error names it."""
+    i64: bool = False
+    """Whether an int must also fit a signed 64-bit integer (ints are never in ``exact``)."""
 
 
 _STR = _Kind(frozenset({str}), _is_str, "str")
 _BOOL = _Kind(frozenset({bool}), _is_bool, "bool")
-_INT = _Kind(frozenset({int}), _is_int, "int")
+_INT = _Kind(frozenset(), _is_int, "int", i64=True)
 _OPT_STR = _Kind(frozenset({str, type(None)}), _optional(_is_str), "str or None")
-_OPT_INT = _Kind(frozenset({int, type(None)}), _optional(_is_int), "int or None")
+_OPT_INT = _Kind(frozenset({type(None)}), _optional(_is_int), "int or None", i64=True)
 
 
 def _check_fields(value: object, checks: tuple[tuple[str, _Kind], ...]) -> None:
     for name, kind in checks:
         field_value = getattr(value, name)
-        if type(field_value) not in kind.exact and not kind.check(field_value):
+        if type(field_value) in kind.exact:
+            continue
+        if not kind.check(field_value):
             raise TypeError(
                 f"{type(value).__name__}.{name} must be {kind.what}, "
                 f"not {type(field_value).__name__}: {field_value!r}"
+            )
+        if kind.i64 and field_value is not None and not _I64_MIN <= field_value <= _I64_MAX:
+            raise ValueError(
+                f"{type(value).__name__}.{name} must fit a signed 64-bit integer (the hub "
+                f"reads it as one), not {field_value}"
             )
 
 
@@ -160,12 +171,32 @@ def _check_rev(rev: Any) -> None:
 def _check_list(name: str, items: Any, kind: type) -> None:
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise TypeError(f"{name} must be a list of {kind.__name__}, not {type(items).__name__}")
+    # The values were checked when built, but they are mutable: what is sent is checked again,
+    # or a field set wrong afterwards would be dropped, unseen, by every hub as malformed.
+    check = getattr(kind, "_check", None)
     for item in items:
         if not isinstance(item, kind):
             raise TypeError(f"{name} must hold {kind.__name__}, not {type(item).__name__}")
+        if check is not None:
+            check(item)
+
+
+def listed(name: str, items: Any, kind: type) -> list[Any]:
+    """``items`` as a new list; a lone ``str`` or ``bytes`` is refused, not split up.
+
+    ``remove_locations(scene_id, "L-12")`` type-checks (a ``str`` is an ``Iterable[str]``), and
+    ``list()`` would turn it into the removal of the locations ``L``, ``-``, ``1`` and ``2``.
+    """
+    if isinstance(items, (str, bytes, bytearray)):
+        raise TypeError(f"{name} must be a list of {kind.__name__}, not {type(items).__name__}")
+    return list(items)
 
 
 # --- values ------------------------------------------------------------------------------------
+
+
+_RESULT_CHECKS = (("created_at", _STR), ("context", _STR))
+_TASK_STATUSES = frozenset(status.value for status in TaskStatus)
 
 
 @dataclass
@@ -180,9 +211,14 @@ class TaskResult:
     """The state this result reports; a known status string is taken too."""
 
     def __post_init__(self) -> None:
-        _check_fields(self, (("created_at", _STR), ("context", _STR)))
+        _check_fields(self, _RESULT_CHECKS)
         # Takes "RUNNING" as well as TaskStatus.RUNNING; anything else raises ValueError.
         self.status = TaskStatus(self.status)
+
+    def _check(self) -> None:
+        _check_fields(self, _RESULT_CHECKS)
+        if self.status not in _TASK_STATUSES:
+            raise ValueError(f"{self.status!r} is not a valid TaskStatus")
 
     @classmethod
     def now(cls, context: str, status: TaskStatus) -> TaskResult:
@@ -232,6 +268,9 @@ class LocationStatus:
     """Last update time."""
 
     def __post_init__(self) -> None:
+        _check_fields(self, _STATUS_CHECKS)
+
+    def _check(self) -> None:
         _check_fields(self, _STATUS_CHECKS)
 
     def _wire(self) -> dict[str, Any]:
@@ -335,6 +374,9 @@ class StorageLocation:
     """Last update time."""
 
     def __post_init__(self) -> None:
+        _check_fields(self, _LOCATION_CHECKS)
+
+    def _check(self) -> None:
         _check_fields(self, _LOCATION_CHECKS)
 
     def status(self) -> LocationStatus:
@@ -449,6 +491,7 @@ class StatusChange:
             raise TypeError(
                 f"new_status must be a LocationStatus, not {type(self.new_status).__name__}"
             )
+        self.new_status._check()
 
     def _wire(self) -> dict[str, Any]:
         return {
