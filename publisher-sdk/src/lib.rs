@@ -38,6 +38,15 @@
 //! publisher stay in order. Across processes, let one instance own a key at a time (as a task
 //! engine owns its tasks), or take revs from the store that orders the writes.
 //!
+//! ## Tips
+//!
+//! Core NATS delivers at most once: an event can be lost when a NATS node dies or a route
+//! breaks, and no hub would notice. So a publisher tips every key it published in the last
+//! minute, every 5 seconds and at once after its NATS connection comes back: a tip names the
+//! key's latest rev, and a hub holding less takes a fresh snapshot. [`Publisher::with_tips`]
+//! changes the interval and the window; the tip task ends when the last clone of the
+//! publisher is dropped. See [`tips`].
+//!
 //! ## Without NATS
 //!
 //! [`Publisher::in_process`] publishes on a [`MemoryBus`] instead: an in-process stand-in for a
@@ -117,6 +126,7 @@ mod responder;
 pub mod rev;
 pub mod security;
 pub mod subject;
+pub mod tips;
 #[cfg(test)]
 mod vectors_test;
 pub mod wire;

@@ -63,6 +63,27 @@ impl Link {
         })
     }
 
+    /// How many times the connection was made, the first included: a change means it came back.
+    pub fn connects(&self) -> u64 {
+        match self {
+            Link::Nats(client) => client
+                .statistics()
+                .connects
+                .load(std::sync::atomic::Ordering::Relaxed),
+            Link::Memory(_) => 1,
+        }
+    }
+
+    /// Whether messages published now go out (rather than wait in the client's buffer).
+    pub fn is_connected(&self) -> bool {
+        match self {
+            Link::Nats(client) => {
+                client.connection_state() == async_nats::connection::State::Connected
+            }
+            Link::Memory(_) => true,
+        }
+    }
+
     pub async fn flush(&self) -> Result<(), Error> {
         match self {
             Link::Nats(client) => client.flush().await.map_err(Error::Flush),

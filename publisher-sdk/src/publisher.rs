@@ -1,6 +1,7 @@
 //! Publishing change events.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -8,6 +9,7 @@ use crate::link::Link;
 use crate::memory::MemoryBus;
 use crate::rev::HybridClock;
 use crate::subject::{validate_id, Subjects};
+use crate::tips::{Tipper, DEFAULT_TIP_INTERVAL, DEFAULT_TIP_WINDOW};
 use crate::wire::{
     timestamp_now, LocationStatus, SceneChange, SceneEvent, StatusAction, StorageLocation,
     TaskChange, TaskEvent, TaskResult,
@@ -32,6 +34,9 @@ pub struct Publisher {
     /// Held from taking a rev until its event is handed to the connection, so that concurrent
     /// callers publish in rev order (the hub drops an event whose rev is not above the last).
     in_rev_order: Arc<tokio::sync::Mutex<()>>,
+    /// Tips every key published lately (SPEC 3), so that a hub that lost an event heals within
+    /// one tip interval; its task ends when the last clone of this publisher is dropped.
+    tipper: Arc<Tipper>,
 }
 
 impl Publisher {
@@ -52,7 +57,17 @@ impl Publisher {
             subjects: Subjects::default(),
             clock: Arc::new(HybridClock::new()),
             in_rev_order: Arc::default(),
+            tipper: Arc::new(Tipper::new(Some(DEFAULT_TIP_INTERVAL), DEFAULT_TIP_WINDOW)),
         }
+    }
+
+    /// Tips each key published in the last `window` every `interval` (default 5 s and 60 s),
+    /// and all of them at once after a NATS reconnect; `None` turns tips off (only for tests
+    /// and tools: without tips a lost event stays lost until the key changes again). Call it
+    /// before publishing.
+    pub fn with_tips(mut self, interval: Option<Duration>, window: Duration) -> Self {
+        self.tipper = Arc::new(Tipper::new(interval, window));
+        self
     }
 
     /// Uses subjects under `prefix` instead of `vwed`; it must match the hub's `--subject-prefix`.
@@ -193,13 +208,19 @@ impl Publisher {
     /// [`publish_task`](Self::publish_task) once its id has been checked.
     async fn publish_task_unchecked(&self, event: &TaskEvent) -> Result<(), Error> {
         let subject = self.subjects.task_events(&event.task_record_id);
-        self.publish_json(subject, event).await
+        self.publish_json(subject.clone(), event).await?;
+        self.tipper
+            .published(&self.link, &subject, true, &event.task_record_id, event.rev);
+        Ok(())
     }
 
     /// [`publish_scene`](Self::publish_scene) once its id has been checked.
     async fn publish_scene_unchecked(&self, event: &SceneEvent) -> Result<(), Error> {
         let subject = self.subjects.scene_events(&event.scene_id);
-        self.publish_json(subject, event).await
+        self.publish_json(subject.clone(), event).await?;
+        self.tipper
+            .published(&self.link, &subject, false, &event.scene_id, event.rev);
+        Ok(())
     }
 
     async fn publish_json(
@@ -310,5 +331,36 @@ mod tests {
             .expect("the valid event arrives")
             .expect("the subscription is open");
         assert_eq!(first.subject, "vwed.task.t-1.execution");
+    }
+
+    /// Tips go out on each recent key's event subject every interval, naming its latest rev,
+    /// until the window passes; dropping the publisher stops them.
+    #[tokio::test]
+    async fn recent_keys_are_tipped_with_their_latest_rev() {
+        let bus = MemoryBus::new();
+        let mut tasks = bus.subscribe("vwed.task.*.execution");
+        let publisher = Publisher::in_process(bus.clone())
+            .with_tips(Some(Duration::from_millis(50)), Duration::from_millis(400));
+        let result = TaskResult::now("[取货] 开始", TaskStatus::Running);
+        publisher
+            .append_task_results("t-1", 0, vec![result.clone()])
+            .await
+            .expect("publish");
+        let rev = publisher
+            .append_task_results("t-1", 1, vec![result])
+            .await
+            .expect("publish");
+        let mut tips = 0;
+        let tip = format!(r#"{{"task_record_id":"t-1","rev":{rev},"op":"tip"}}"#);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, tasks.next()).await {
+            if message.payload.ends_with(br#""op":"tip"}"#) {
+                assert_eq!(std::str::from_utf8(&message.payload).unwrap(), tip);
+                tips += 1;
+            }
+        }
+        // Every 50 ms for the 400 ms window, then none.
+        assert!((4..=10).contains(&tips), "{tips} tips");
+        drop(publisher);
     }
 }

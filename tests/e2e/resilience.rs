@@ -689,6 +689,60 @@ async fn a_store_restored_to_an_older_rev_is_believed(kind: BrokerKind) {
     assert_eq!(event["data"][0]["context"], "[old] 104");
 }
 
+/// The Rust SDK tips every recent key at once when its NATS connection comes back, long before
+/// its tip interval: the events it published just before the outage may have died with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_tips_its_recent_keys_at_once_after_a_reconnect() {
+    use futures::StreamExt;
+    let mut broker = TestBroker::start(BrokerKind::Nats).await;
+    let url = broker.nats_url().expect("NATS");
+    let publisher = Publisher::new(
+        async_nats::ConnectOptions::new()
+            .reconnect_delay_callback(|_| Duration::from_millis(500))
+            .connect(&url)
+            .await
+            .expect("connect"),
+    )
+    .with_tips(Some(Duration::from_secs(60)), Duration::from_secs(60));
+    // The observer reconnects faster, so it is back before the publisher's tips.
+    let observer = async_nats::ConnectOptions::new()
+        .reconnect_delay_callback(|_| Duration::from_millis(50))
+        .connect(&url)
+        .await
+        .expect("connect");
+    let mut wire = observer.subscribe("vwed.task.>").await.expect("subscribe");
+    observer.flush().await.expect("flush");
+    let mut revs = Vec::new();
+    for task in ["t-1", "a.b"] {
+        let rev = publisher
+            .append_task_results(task, 0, vec![TaskResult::now("[a] 1", TaskStatus::Running)])
+            .await
+            .expect("publish");
+        revs.push((task.to_owned(), rev));
+    }
+    publisher.flush().await.expect("flush");
+    for _ in 0..2 {
+        wire.next().await.expect("an event");
+    }
+
+    broker.nats().stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.nats().restart().await;
+    let mut tips = Vec::new();
+    while tips.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(10), wire.next())
+            .await
+            .expect("tips within seconds, not the 60 s interval")
+            .expect("a message");
+        let tip: vwed_publisher::TaskTip =
+            serde_json::from_slice(&message.payload).expect("only tips come now");
+        tips.push((tip.task_record_id, tip.rev));
+    }
+    tips.sort();
+    revs.sort();
+    assert_eq!(tips, revs);
+}
+
 on_both_brokers!(
     a_lost_event_is_healed_by_the_owners_next_tip,
     a_key_that_vanishes_is_told_once_and_may_come_back,
