@@ -151,7 +151,11 @@ class Hub:
             return None
 
     async def metric(self, name: str, **labels: str) -> float:
-        """The sum of a metric's samples whose labels include ``labels``."""
+        """The sum of a metric's samples whose labels include ``labels`` (0 when it has none).
+
+        A labelled family shows nothing before its first sample, so a name that matches nothing
+        also reads 0: a test that counts on a metric staying 0 should also see it move once.
+        """
         _, body = await self.http_get("/metrics")
         total = 0.0
         for line in body.splitlines():
@@ -193,7 +197,8 @@ class WsClient:
 
     async def silent_for(self, seconds: float) -> None:
         """Fail when any message arrives within ``seconds``."""
-        with contextlib.suppress(TimeoutError):
+        # asyncio's own TimeoutError: the builtin one is a different class before Python 3.11.
+        with contextlib.suppress(asyncio.TimeoutError):
             message = await asyncio.wait_for(self.connection.recv(), seconds)
             raise AssertionError(f"expected no message, got {message!r}")
 

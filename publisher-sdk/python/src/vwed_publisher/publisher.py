@@ -141,9 +141,13 @@ class Publisher:
 
         ``connect_options`` go to :func:`nats.connect` (credentials, TLS, reconnect settings).
         :meth:`close` then closes the connection too. By default the client keeps trying to
-        reconnect for ever: a service should not give up on its hub.
+        reconnect for ever (a service should not give up on its hub) and pings the server every
+        20 s (nats-py's 2 minutes let a dead connection swallow events for about 4 minutes).
         """
         connect_options.setdefault("max_reconnect_attempts", -1)
+        # nats-py pings every 2 minutes and gives up after 2 missed pongs: a dead TCP connection
+        # would swallow events and tips for about 4 minutes. The hub pings its clients every 20 s.
+        connect_options.setdefault("ping_interval", 20)
         nc = await nats.connect(servers, **connect_options)
         publisher = cls(nc, prefix=prefix, tip_interval=tip_interval, tip_window=tip_window)
         publisher._owns_connection = True
