@@ -13,26 +13,15 @@ from pathlib import Path
 import pytest
 
 sys.path.append(str(Path(__file__).resolve().parents[3] / "publisher-sdk" / "python" / "tests"))
+# Imported below before pytest_plugins registers it: have its asserts rewritten all the same.
+pytest.register_assert_rewrite("harness", "servers")
 
-import httpx
-from harness import Hub, NatsServer
-from servers import StorageServiceProcess
+import httpx  # noqa: E402 - after the rewrite registration above
+from harness import NatsServer  # noqa: E402
+from servers import StorageServiceProcess  # noqa: E402
 
-
-@pytest.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    server = NatsServer(tmp_path)
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def hub(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Hub]:
-    hub = Hub(tmp_path, nats_server.url)
-    await hub.start()
-    yield hub
-    await hub.stop()
+# The nats_server and hub fixtures, shared with the other Python suites.
+pytest_plugins = ["harness"]
 
 
 @pytest.fixture

@@ -1,30 +1,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nats
 import pytest
-from harness import Hub, NatsServer
 from nats.aio.client import Client
 
 from vwed_publisher import Publisher
 
+if TYPE_CHECKING:
+    from harness import NatsServer
 
-@pytest.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    server = NatsServer(tmp_path)
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def hub(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Hub]:
-    hub = Hub(tmp_path, nats_server.url)
-    await hub.start()
-    yield hub
-    await hub.stop()
+# The nats_server and hub fixtures, shared with the other Python suites.
+pytest_plugins = ["harness"]
 
 
 @pytest.fixture

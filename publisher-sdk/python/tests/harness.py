@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -207,3 +208,20 @@ class WsClient:
 
     async def close(self) -> None:
         await self.connection.close()
+
+
+# Fixtures shared by every suite that imports them into its conftest.py.
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    server = NatsServer(tmp_path)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def hub(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Hub]:
+    hub = Hub(tmp_path, nats_server.url)
+    await hub.start()
+    yield hub
+    await hub.stop()
