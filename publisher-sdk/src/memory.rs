@@ -76,9 +76,10 @@ pub enum RequestError {
 pub struct MemoryBus {
     /// Shared by every handle and (weakly) by every subscription, which removes itself on drop.
     inner: Arc<Inner>,
-    /// Where this handle's subscriptions report lost messages; a handle of its own per
-    /// [`connect`](Self::connect), so one client's slow subscriber does not alarm another.
-    losses: broadcast::Sender<()>,
+    /// Where this handle's subscriptions report lost messages, by subscription id; a handle of
+    /// its own per [`connect`](Self::connect), so one client's slow subscriber does not alarm
+    /// another (as NATS names the slow subscription to the connection that made it).
+    losses: broadcast::Sender<u64>,
 }
 
 impl Default for MemoryBus {
@@ -129,9 +130,9 @@ struct Route {
     queue_group: Option<String>,
     /// Where its messages go; bounded, so a stuck subscriber cannot grow memory.
     sender: mpsc::Sender<Message>,
-    /// Told when a message is dropped because the subscription is full; `None` for a reply
-    /// inbox, where a second reply is just not wanted.
-    losses: Option<broadcast::Sender<()>>,
+    /// Told (with this route's id) when a message is dropped because the subscription is full;
+    /// `None` for a reply inbox, where a second reply is just not wanted.
+    losses: Option<broadcast::Sender<u64>>,
 }
 
 impl MemoryBus {
@@ -195,8 +196,9 @@ impl MemoryBus {
         }
     }
 
-    /// A notice each time a subscription of this handle lost messages because it fell behind.
-    pub fn losses(&self) -> broadcast::Receiver<()> {
+    /// A notice each time a subscription of this handle lost messages because it fell behind:
+    /// the subscription's [`id`](MemorySubscription::id).
+    pub fn losses(&self) -> broadcast::Receiver<u64> {
         self.losses.subscribe()
     }
 
@@ -279,7 +281,7 @@ impl MemoryBus {
             {
                 if let Some(losses) = &route.losses {
                     // Nobody listening for losses is fine: then nobody needs to know.
-                    let _ = losses.send(());
+                    let _ = losses.send(route.id);
                 }
             }
         }
@@ -317,6 +319,13 @@ pub struct MemorySubscription {
     subject: String,
     /// Weak, so that a subscription outliving its bus just ends.
     bus: Weak<Inner>,
+}
+
+impl MemorySubscription {
+    /// This subscription's id, as its lost-message notices name it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 impl Stream for MemorySubscription {
@@ -488,7 +497,11 @@ mod tests {
         for _ in 0..SUBSCRIPTION_CAPACITY + 5 {
             other.publish("s", Bytes::new()).expect("published");
         }
-        assert!(losses.try_recv().is_ok());
+        assert_eq!(
+            losses.try_recv().ok(),
+            Some(slow.id()),
+            "the notice names it"
+        );
         assert!(
             others_losses.try_recv().is_err(),
             "only the slow one's handle is told"

@@ -743,6 +743,81 @@ async fn the_sdk_tips_its_recent_keys_at_once_after_a_reconnect() {
     assert_eq!(tips, revs);
 }
 
+/// NATS drops messages for a subscription that fell behind and names it (a slow consumer):
+/// only that subscription hears of it, ahead of what it still holds, so only that key takes a
+/// fresh snapshot, not every key the hub serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_nats_subscription_alone_hears_that_it_lost_messages() {
+    use futures::StreamExt;
+    use vwed_hub::broker::{Broker, BrokerEvent, NatsBroker, Received};
+
+    let nats = vwed_e2e::Nats::start().await;
+    let broker = NatsBroker::connect(&nats.url(), &Default::default())
+        .await
+        .expect("connect");
+    eventually("the broker connected", || async { broker.is_connected() }).await;
+    let mut broker_events = broker.events();
+    let mut slow = broker.subscribe("t.slow".into()).await.expect("subscribe");
+    let mut quick = broker.subscribe("t.quick".into()).await.expect("subscribe");
+
+    // More than the subscription holds (8,192), with nobody reading it.
+    let publisher = async_nats::connect(nats.url()).await.expect("connect");
+    for n in 0..10_000u32 {
+        publisher
+            .publish("t.slow", n.to_string().into())
+            .await
+            .expect("publish");
+    }
+    publisher
+        .publish("t.quick", "still here".into())
+        .await
+        .expect("publish");
+    publisher.flush().await.expect("flush");
+    // Nobody reads until the hub's client has received everything (the server has sent it
+    // after the publisher's flush, but it may still be on its way).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The client tells of the loss through its event task, so the notice may come after some of
+    // what the subscription held; it must come, and the messages before it stay in order.
+    let mut held = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), slow.next())
+            .await
+            .unwrap_or_else(|_| {
+                let mut events = Vec::new();
+                while let Ok(event) = broker_events.try_recv() {
+                    events.push(event);
+                }
+                panic!(
+                    "no loss notice after {} messages; broker events {events:?}",
+                    held.len()
+                )
+            });
+        match next {
+            Some(Received::Lost) => break,
+            Some(Received::Message(payload)) => held.push(payload),
+            None => panic!("the subscription ended"),
+        }
+    }
+    let expected: Vec<String> = (0..held.len()).map(|n| n.to_string()).collect();
+    assert_eq!(held, expected, "what came before the notice is in order");
+    assert!(held.len() < 10_000, "messages were indeed dropped");
+    let quick_first = tokio::time::timeout(Duration::from_secs(5), quick.next())
+        .await
+        .expect("the other subscription's message");
+    assert!(
+        matches!(&quick_first, Some(Received::Message(payload)) if payload == "still here"),
+        "the other subscription lost nothing and heard of no loss: {quick_first:?}"
+    );
+    loop {
+        match broker_events.try_recv() {
+            Ok(BrokerEvent::MessagesLost) => panic!("a named loss was told to every key"),
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+}
+
 on_both_brokers!(
     a_lost_event_is_healed_by_the_owners_next_tip,
     a_key_that_vanishes_is_told_once_and_may_come_back,

@@ -9,14 +9,16 @@ use futures::StreamExt;
 use tokio::sync::broadcast;
 use vwed_publisher::memory::{MemoryBus, RequestError};
 
-use super::{Broker, BrokerError, BrokerEvent, Subscription};
+use super::{Broker, BrokerError, BrokerEvent, LossNotices, Subscription};
 
 /// A [`MemoryBus`] seen as the hub's broker.
 pub struct MemoryBroker {
     /// The bus that in-process publishers (e.g. the demo) share with the hub.
     bus: MemoryBus,
-    /// Lost-message notices, in the hub's terms; the bus never disconnects.
+    /// Lost-message notices the bus could not pin on one subscription; it never disconnects.
     events: broadcast::Sender<BrokerEvent>,
+    /// The hub's subscriptions, told when the bus drops messages for them.
+    losses: LossNotices,
 }
 
 impl MemoryBroker {
@@ -25,15 +27,27 @@ impl MemoryBroker {
     pub fn new(bus: &MemoryBus) -> Self {
         let bus = bus.connect();
         let (events, _) = broadcast::channel(64);
-        let mut losses = bus.losses();
-        let forward = events.clone();
+        let notices = LossNotices::default();
+        let mut reported = bus.losses();
+        let (forward, tell) = (events.clone(), notices.clone());
         tokio::spawn(async move {
-            // A lagged receiver missed notices, which still means messages were lost.
-            while let Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) = losses.recv().await {
-                let _ = forward.send(BrokerEvent::MessagesLost);
+            loop {
+                match reported.recv().await {
+                    Ok(id) if tell.lost(id) => {}
+                    // Not one of ours by name, or notices were missed (which still means
+                    // messages were lost): every topic takes a snapshot.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = forward.send(BrokerEvent::MessagesLost);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
             }
         });
-        Self { bus, events }
+        Self {
+            bus,
+            events,
+            losses: notices,
+        }
     }
 
     /// The bus, for publishers that run in the hub's process.
@@ -45,11 +59,12 @@ impl MemoryBroker {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn subscribe(&self, subject: String) -> Result<Subscription, BrokerError> {
-        Ok(self
-            .bus
-            .subscribe(subject)
-            .map(|message| message.payload)
-            .boxed())
+        let subscription = self.bus.subscribe(subject);
+        let id = subscription.id();
+        Ok(self.losses.watch(
+            Some(id),
+            subscription.map(|message| message.payload).boxed(),
+        ))
     }
 
     async fn request(&self, subject: String, timeout: Duration) -> Result<Bytes, BrokerError> {
@@ -79,7 +94,8 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_hub_hears_of_its_own_lost_messages_only() {
+    async fn a_subscription_hears_of_its_own_lost_messages_and_nobody_else_does() {
+        use crate::broker::Received;
         let bus = MemoryBus::new();
         let broker = MemoryBroker::new(&bus);
         let mut events = broker.events();
@@ -90,18 +106,37 @@ mod tests {
         for _ in 0..=SUBSCRIPTION_CAPACITY {
             publisher.publish("other", Bytes::new()).expect("published");
         }
-        let _held = broker.subscribe("mine".into()).await.expect("subscribed");
+        let mut mine = broker.subscribe("mine".into()).await.expect("subscribed");
+        let mut quiet = broker.subscribe("quiet".into()).await.expect("subscribed");
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(events.try_recv().is_err());
 
-        // Its own subscription falling behind means lost events: the hub must re-snapshot.
+        // Its own subscription falling behind means lost events for that key alone: the
+        // subscription says so, ahead of the messages it kept; no topic-wide notice.
         for _ in 0..=SUBSCRIPTION_CAPACITY {
             publisher.publish("mine", Bytes::new()).expect("published");
         }
-        let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
-        assert_eq!(
-            event.ok().and_then(Result::ok),
-            Some(BrokerEvent::MessagesLost)
+        // The notice travels through the forwarding task, so some kept messages may come first.
+        let mut kept = 0;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), mine.next()).await;
+            match next {
+                Ok(Some(Received::Lost)) => break,
+                Ok(Some(Received::Message(_))) => kept += 1,
+                other => panic!("expected the loss notice, got {other:?} after {kept} messages"),
+            }
+        }
+        assert!(
+            kept < SUBSCRIPTION_CAPACITY,
+            "told of the loss before the end"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(events.try_recv().is_err(), "no notice for every key");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), quiet.next())
+                .await
+                .is_err(),
+            "the other key heard nothing"
         );
     }
 

@@ -5,6 +5,7 @@
 //! request/reply for snapshots, and word of connection changes and lost messages (after which
 //! every served key is re-snapshotted, since events may have been missed).
 
+mod losses;
 mod memory;
 mod nats;
 
@@ -21,8 +22,20 @@ pub use nats::{server_list, NatsBroker};
 // here too because they configure this module's NATS broker.
 pub use vwed_publisher::NatsFlags;
 
-/// Payloads published on one subject, in order. Dropping the stream unsubscribes.
-pub type Subscription = BoxStream<'static, Bytes>;
+pub use losses::LossNotices;
+
+/// What a subscription yields.
+#[derive(Debug)]
+pub enum Received {
+    /// A payload published on the subject, in order.
+    Message(Bytes),
+    /// The broker dropped messages for this subscription (it fell behind): events of this key
+    /// may be missing.
+    Lost,
+}
+
+/// What arrives on one subject. Dropping the stream unsubscribes.
+pub type Subscription = BoxStream<'static, Received>;
 
 /// What happened to the broker connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +44,8 @@ pub enum BrokerEvent {
     Connected,
     /// The connection dropped; the client reconnects by itself.
     Disconnected,
-    /// The broker dropped messages for a subscriber that fell behind.
+    /// The broker dropped messages for a subscriber it could not name (a subscription it
+    /// names hears of it through [`Received::Lost`] instead).
     MessagesLost,
 }
 

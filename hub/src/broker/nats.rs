@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio::sync::broadcast;
 use vwed_publisher::{NatsSecurity, SecurityError};
 
-use super::{Broker, BrokerError, BrokerEvent, Subscription};
+use super::{Broker, BrokerError, BrokerEvent, LossNotices, Subscription};
 
 /// Messages a subscription may hold before NATS reports a slow consumer and drops the rest.
 const SUBSCRIPTION_CAPACITY: usize = 8192;
@@ -32,6 +32,9 @@ pub struct NatsBroker {
     client: async_nats::Client,
     /// Fans connection events out to whoever listens (the hub re-snapshots on them).
     events: broadcast::Sender<BrokerEvent>,
+    /// The hub's subscriptions by NATS subscription id, told when the client reports one of
+    /// them as a slow consumer, so that only that key takes a fresh snapshot.
+    losses: LossNotices,
 }
 
 impl NatsBroker {
@@ -46,6 +49,8 @@ impl NatsBroker {
         let refused = Arc::new(AtomicBool::new(false));
         let refused_for_delay = refused.clone();
         let reporter = Arc::new(Mutex::new(FailureReporter::default()));
+        let losses = LossNotices::default();
+        let slow = losses.clone();
         let options = ConnectOptions::new()
             .name("vwed-hub")
             .retry_on_initial_connect()
@@ -59,12 +64,19 @@ impl NatsBroker {
                 (Duration::from_millis(50) * 2u32.pow(exponent)).min(MAX_RECONNECT_DELAY)
             })
             .event_callback(move |event| {
-                let (sender, refused, reporter) =
-                    (sender.clone(), refused.clone(), reporter.clone());
+                let (sender, refused, reporter, slow) = (
+                    sender.clone(),
+                    refused.clone(),
+                    reporter.clone(),
+                    slow.clone(),
+                );
                 async move {
                     let mapped = match &event {
                         Event::Connected => Some(BrokerEvent::Connected),
                         Event::Disconnected => Some(BrokerEvent::Disconnected),
+                        // A key's own subscription: only it needs a snapshot. Another (the
+                        // requests' inbox) or an unknown one: every key, to be safe.
+                        Event::SlowConsumer(sid) if slow.lost(*sid) => None,
                         Event::SlowConsumer(_) => Some(BrokerEvent::MessagesLost),
                         _ => None,
                     };
@@ -93,7 +105,11 @@ impl NatsBroker {
                 }
             });
         let client = security.apply(options)?.connect(server_list(url)).await?;
-        Ok(Self { client, events })
+        Ok(Self {
+            client,
+            events,
+            losses,
+        })
     }
 }
 
@@ -149,6 +165,22 @@ fn is_auth_failure(reason: &str) -> bool {
         || reason.contains("failed signing nonce")
 }
 
+/// The id NATS gives `subscriber`, which its slow-consumer events name. async-nats keeps it
+/// private but shows it in the subscriber's `Debug` (`Subscriber { sid: 7, .. }`); `None` if a
+/// later version shows it otherwise, and then a slow consumer re-snapshots every key, as before.
+fn subscription_id(subscriber: &async_nats::Subscriber) -> Option<u64> {
+    sid_in_debug(&format!("{subscriber:?}"))
+}
+
+fn sid_in_debug(debug: &str) -> Option<u64> {
+    let start = debug.find("sid: ")? + "sid: ".len();
+    let digits: String = debug[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 /// The servers of a comma-separated list (async-nats itself takes one URL per string).
 pub fn server_list(urls: &str) -> Vec<&str> {
     urls.split(',')
@@ -168,7 +200,10 @@ impl Broker for NatsBroker {
         // A round trip makes sure the server has the subscription before the caller counts on
         // it; while disconnected, the client resubscribes on reconnect anyway.
         let _ = tokio::time::timeout(CONFIRM_TIMEOUT, self.client.flush()).await;
-        Ok(subscriber.map(|message| message.payload).boxed())
+        let id = subscription_id(&subscriber);
+        Ok(self
+            .losses
+            .watch(id, subscriber.map(|message| message.payload).boxed()))
     }
 
     async fn request(&self, subject: String, timeout: Duration) -> Result<Bytes, BrokerError> {

@@ -30,7 +30,7 @@ use super::mailbox::Receiver;
 use super::member::{Delivery, Member, MemberId, Mode, Outbox};
 use super::registry::{Command, Departure, TopicContext};
 use super::sync::{Effects, Reply, SyncCore};
-use crate::broker::{BrokerError, Subscription};
+use crate::broker::{BrokerError, Received, Subscription};
 use crate::messages::{Envelope, Frame};
 use crate::view::{self, Incoming, View};
 
@@ -185,10 +185,14 @@ impl<V: View> Topic<V> {
                         break;
                     }
                 }
-                payload = next_event(&mut shell.events) => match payload {
-                    Some(payload) => {
+                received = next_event(&mut shell.events) => match received {
+                    Some(Received::Message(payload)) => {
                         shell.received.inc();
                         shell.on_payload(&payload, core);
+                    }
+                    Some(Received::Lost) => {
+                        tracing::info!(kind, id = %shell.id, "NATS dropped events of this key; re-snapshotting");
+                        core.on_lost(shell);
                     }
                     None => {
                         tracing::warn!(kind, id = %shell.id, "subscription ended; resubscribing");
@@ -628,7 +632,7 @@ async fn sleep_until_earliest<K>(groups: &HashMap<K, Group>) {
     }
 }
 
-async fn next_event(events: &mut Option<Subscription>) -> Option<Bytes> {
+async fn next_event(events: &mut Option<Subscription>) -> Option<Received> {
     match events {
         Some(events) => events.next().await,
         None => std::future::pending().await,
