@@ -91,6 +91,12 @@ pub struct TargetArgs {
     /// (repeatable).
     #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
     pub hub_arg: Vec<String>,
+
+    /// Every client offers permessage-deflate, as browsers do, and the nats-server the bench
+    /// starts compresses on its WebSocket listener (`compression: true`). The hub accepts the
+    /// extension by default.
+    #[arg(long)]
+    pub compression: bool,
 }
 
 /// How clients are spread and how long the bench waits.
@@ -224,6 +230,10 @@ pub struct StorageArgs {
     /// The clients' `interval` (seconds between periodic filtered updates).
     #[arg(long, default_value_t = 3)]
     pub interval: u32,
+    /// Run twice, each time on fresh servers: clients without permessage-deflate, then clients
+    /// offering it; then the two side by side (bytes on the wire, hub CPU, p99).
+    #[arg(long)]
+    pub compare_compression: bool,
     /// Where the servers are.
     #[command(flatten)]
     pub servers: TargetArgs,

@@ -11,9 +11,12 @@ use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+use vwed_hub::ws::deflate::client::{AfterHandshake, OFFER};
 
 use crate::stamp;
 use crate::target::TargetKind;
@@ -184,10 +187,12 @@ pub struct Dial {
     pub source: Ipv4Addr,
     /// SO_RCVBUF to set, e.g. small for a client that will stop reading.
     pub recv_buffer: Option<u32>,
+    /// Offer permessage-deflate, as browsers do.
+    pub compression: bool,
 }
 
-/// A connected WebSocket.
-pub type Ws = WebSocketStream<TcpStream>;
+/// A connected WebSocket, which inflates compressed messages when it negotiated compression.
+pub type Ws = WebSocketStream<AfterHandshake<TcpStream>>;
 
 /// Opens the TCP connection from the chosen source address and does the WebSocket handshake.
 pub async fn open(dial: &Dial, path: &str) -> anyhow::Result<Ws> {
@@ -205,8 +210,15 @@ pub async fn open(dial: &Dial, path: &str) -> anyhow::Result<Ws> {
         .read_buffer_size(4096)
         .write_buffer_size(0)
         .max_message_size(Some(64 << 20));
-    let url = format!("{}{}", dial.ws_base, path);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+    let mut request = format!("{}{}", dial.ws_base, path).into_client_request()?;
+    if dial.compression {
+        request
+            .headers_mut()
+            .insert("sec-websocket-extensions", HeaderValue::from_static(OFFER));
+    }
+    let stream = AfterHandshake::new(stream);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
     Ok(ws)
 }
 

@@ -58,6 +58,7 @@ fn job(
         sources: spread.source_addresses,
         connect_concurrency: if storm { 0 } else { spread.connect_concurrency },
         ready_timeout_ms: spread.ready_timeout.as_millis() as u64,
+        compression: target.compression,
     }
 }
 
@@ -563,8 +564,51 @@ fn bench_location(scene: &str, index: usize, area: usize) -> StorageLocation {
     }
 }
 
-/// `storage`.
+/// `storage`; with --compare-compression, plain and compressed side by side.
 pub async fn storage(args: StorageArgs) -> anyhow::Result<()> {
+    if !args.compare_compression {
+        storage_once(&args).await?.emit();
+        return Ok(());
+    }
+    let mut runs = Vec::new();
+    for compression in [false, true] {
+        let mut run = args.clone();
+        run.servers.compression = compression;
+        let report = storage_once(&run).await?;
+        report.emit();
+        runs.push(report);
+    }
+    let [plain, compressed] = &runs[..] else {
+        unreachable!("two runs")
+    };
+    let number = |report: &Report, key: &str| report.more.get(key).and_then(|v| v.as_f64());
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some((a / b * 100.0).round() / 100.0),
+        _ => None,
+    };
+    let mut summary = Report::new("storage-compression", "hub");
+    summary.clients = args.clients;
+    let wire_plain = number(plain, "wire_bytes");
+    let wire_compressed = number(compressed, "wire_bytes");
+    summary.set("wire_bytes_plain", wire_plain);
+    summary.set("wire_bytes_compressed", wire_compressed);
+    summary.set("bytes_fewer_times", ratio(wire_plain, wire_compressed));
+    summary.set("cpu_percent_plain", plain.hub_cpu_percent);
+    summary.set("cpu_percent_compressed", compressed.hub_cpu_percent);
+    summary.set(
+        "cpu_ratio",
+        ratio(compressed.hub_cpu_percent, plain.hub_cpu_percent),
+    );
+    summary.set("p99_ms_plain", plain.p99_ms);
+    summary.set("p99_ms_compressed", compressed.p99_ms);
+    summary.set("rss_bytes_plain", plain.hub_rss_bytes);
+    summary.set("rss_bytes_compressed", compressed.hub_rss_bytes);
+    summary.emit();
+    Ok(())
+}
+
+/// One `storage` run, reported.
+async fn storage_once(args: &StorageArgs) -> anyhow::Result<Report> {
     let (env, owner) = start_for(&args.servers, TargetKind::Hub).await?;
     let target = env.target(TargetKind::Hub)?;
     let scene = "bench-scene";
@@ -598,6 +642,8 @@ pub async fn storage(args: StorageArgs) -> anyhow::Result<()> {
         stream_of: &stream_of,
         streams: filters,
     };
+    let endpoint = "storage-location";
+    let sent_before = sent_bytes(&target, endpoint).await;
     let measured = measure(
         &mut pool,
         &owner,
@@ -611,16 +657,51 @@ pub async fn storage(args: StorageArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    let sent_after = sent_bytes(&target, endpoint).await;
     let mut report = connected_report("storage", &target, args.clients, &connected);
     fill(&mut report, &measured);
+    report.set("compression", target.compression);
     report.set("locations", args.locations);
     report.set("filters", filters);
     report.set("rate", args.rate);
     report.set("interval_secs", args.interval);
     report.set("duration_secs", args.duration.as_secs_f64());
+    if let (Some(before), Some(after)) = (sent_before, sent_after) {
+        let (text, wire) = (after.0 - before.0, after.1 - before.1);
+        report.set("message_bytes", text);
+        report.set("wire_bytes", wire);
+        if wire > 0.0 {
+            report.set("compression_ratio", (text / wire * 10.0).round() / 10.0);
+        }
+    }
     report.snapshot_requests = owner.snapshot_requests().values().sum();
-    report.emit();
-    Ok(())
+    Ok(report)
+}
+
+/// The hub's `vwed_hub_message_bytes_total` and `vwed_hub_wire_bytes_total` for `endpoint`
+/// (what it sent as text, and what it wrote after compression), read from its `/metrics`;
+/// `None` when they cannot be read.
+async fn sent_bytes(target: &Target, endpoint: &str) -> Option<(f64, f64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = crate::worker::resolve(&target.ws_base).await.ok()?;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    let read = |name: &str| {
+        let series = format!("{name}{{endpoint=\"{endpoint}\"}} ");
+        body.lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Some((
+        read("vwed_hub_message_bytes_total"),
+        read("vwed_hub_wire_bytes_total"),
+    ))
 }
 
 /// `connect-storm`.
@@ -719,6 +800,8 @@ pub async fn slow_client(args: SlowClientArgs) -> anyhow::Result<()> {
         ws_base: target.ws_base.clone(),
         source: std::net::Ipv4Addr::LOCALHOST,
         recv_buffer: Some(4096),
+        // Plain, so that what it stalls on is as large as the scenario means.
+        compression: false,
     };
     let mut staller = client::open(&dial, &stream.path).await?;
     staller

@@ -47,6 +47,8 @@ pub struct Target {
     pub ws_base: String,
     /// Its process, for RSS and CPU; `None` when unknown (an external target without a pid).
     pub pid: Option<u32>,
+    /// Whether clients offer permessage-deflate to it.
+    pub compression: bool,
 }
 
 /// The servers of one benchmark invocation; the ones it started stop when this is dropped.
@@ -72,7 +74,8 @@ impl Env {
         need_nats_ws: bool,
     ) -> anyhow::Result<Self> {
         let own_nats = if args.nats_url.is_none() {
-            Some(NatsProcess::start(need_nats_ws && args.nats_ws_url.is_none()).await?)
+            let websocket = need_nats_ws && args.nats_ws_url.is_none();
+            Some(NatsProcess::start(websocket, args.compression).await?)
         } else {
             None
         };
@@ -89,6 +92,7 @@ impl Env {
                 kind: TargetKind::Hub,
                 ws_base: url.trim_end_matches('/').to_owned(),
                 pid: args.hub_pid,
+                compression: args.compression,
             })
         } else {
             let process = HubProcess::start(&nats_url, &args.hub_arg).await?;
@@ -96,6 +100,7 @@ impl Env {
                 kind: TargetKind::Hub,
                 ws_base: format!("ws://{}", process.addr),
                 pid: process.child.id(),
+                compression: args.compression,
             };
             own_hub = Some(process);
             Some(target)
@@ -107,6 +112,7 @@ impl Env {
                 kind: TargetKind::NatsServer,
                 ws_base: url.trim_end_matches('/').to_owned(),
                 pid: args.nats_pid,
+                compression: args.compression,
             })
         } else {
             match own_nats
@@ -117,6 +123,7 @@ impl Env {
                     kind: TargetKind::NatsServer,
                     ws_base: format!("ws://127.0.0.1:{port}"),
                     pid,
+                    compression: args.compression,
                 }),
                 None => bail!(
                     "with --nats-url, give --nats-ws-url too (the WebSocket listener of that \
@@ -173,7 +180,7 @@ struct NatsProcess {
 }
 
 impl NatsProcess {
-    async fn start(websocket: bool) -> anyhow::Result<Self> {
+    async fn start(websocket: bool, compression: bool) -> anyhow::Result<Self> {
         let port = free_port()?;
         let ws_port = if websocket { Some(free_port()?) } else { None };
         // Scene snapshots of thousands of locations are megabytes; the 1 MB default would
@@ -181,7 +188,7 @@ impl NatsProcess {
         let mut config = format!("host: \"127.0.0.1\"\nport: {port}\nmax_payload: 8MB\n");
         if let Some(ws) = ws_port {
             config.push_str(&format!(
-                "websocket {{\n  listen: \"127.0.0.1:{ws}\"\n  no_tls: true\n}}\n"
+                "websocket {{\n  listen: \"127.0.0.1:{ws}\"\n  no_tls: true\n  compression: {compression}\n}}\n"
             ));
         }
         let path = std::env::temp_dir().join(format!(

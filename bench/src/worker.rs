@@ -38,6 +38,9 @@ pub struct Job {
     pub connect_concurrency: usize,
     /// How long clients may take to be subscribed.
     pub ready_timeout_ms: u64,
+    /// Whether clients offer permessage-deflate.
+    #[serde(default)]
+    pub compression: bool,
 }
 
 /// A command from the parent.
@@ -222,6 +225,7 @@ async fn connect_all(
                 1 + (index % usize::from(job.sources.max(1))) as u8,
             ),
             recv_buffer: None,
+            compression: job.compression,
         };
         let spec = streams[index % streams.len()].clone();
         let (stat, shared, permits) = (stat.clone(), shared.clone(), permits.clone());

@@ -77,6 +77,25 @@ pub struct Config {
     #[arg(long, env = "VWED_CLIENT_MESSAGE_BURST", default_value_t = 40)]
     pub client_message_burst: u32,
 
+    /// Accept permessage-deflate from clients that offer it (every browser does): messages go
+    /// out deflated, each compressed once for all the clients that get it. A storage scene's
+    /// state shrinks about tenfold. Clients that do not offer it are served as without it.
+    /// false: decline the extension.
+    #[arg(long, env = "VWED_COMPRESSION", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub compression: bool,
+
+    /// Messages shorter than this many bytes go uncompressed (under 64 never are): status
+    /// changes of a few hundred bytes shrink little and cost the client an inflate.
+    #[arg(long, env = "VWED_COMPRESSION_THRESHOLD", default_value_t = 256)]
+    pub compression_threshold: usize,
+
+    /// zlib level, 1 (fastest) to 9 (smallest). Each message is deflated once however many
+    /// clients get it, so a higher level costs CPU per update, not per client.
+    #[arg(long, env = "VWED_COMPRESSION_LEVEL", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub compression_level: u32,
+
     /// How long a client may take to send a whole HTTP request head (a WebSocket handshake is
     /// one); a client slower than that, or silent, is disconnected without an answer. The same
     /// limit closes an HTTP connection left idle that long between requests (a WebSocket

@@ -44,6 +44,7 @@ use crate::serve::HttpSettings;
 use crate::server::AppState;
 use crate::tls::{ServerTls, TlsListener, HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES};
 use crate::ws::admission::{Admission, AdmissionRules};
+use crate::ws::deflate::Compression;
 use crate::ws::ConnectionSettings;
 
 pub use config::Config as HubConfig;
@@ -153,6 +154,10 @@ impl Hub {
                 drain_spread: config.drain_spread,
                 message_rate: config.client_message_rate,
                 message_burst: config.client_message_burst,
+                compression: config.compression.then_some(Compression {
+                    threshold: config.compression_threshold,
+                    level: config.compression_level,
+                }),
             },
             shutdown: shutdown.clone(),
             connections: connections.clone(),

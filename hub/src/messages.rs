@@ -5,6 +5,9 @@
 //! struct, so that a state's (possibly large) `data`, rendered once, is wrapped without being
 //! serialized again.
 
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use vwed_publisher::timestamp_now;
@@ -69,8 +72,71 @@ impl Kind {
 }
 
 /// One outgoing WebSocket text message. Cloning shares the bytes, so one rendered message can
-/// sit in many connections' queues at the cost of a reference count each.
-pub type Frame = Utf8Bytes;
+/// sit in many connections' queues at the cost of a reference count each; its compressed form
+/// (SPEC 2.6) is made at most once and shared the same way.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The message: what every client reads, and what goes out to those that did not
+    /// negotiate compression.
+    text: Utf8Bytes,
+    /// The deflated payload, made the first time a connection that negotiated compression
+    /// writes this message; inside, `None` when deflating does not make it shorter. Absent for
+    /// messages too short ever to be compressed, which then cost no allocation for it.
+    deflated: Option<Arc<OnceLock<Option<Bytes>>>>,
+}
+
+impl Frame {
+    /// Messages shorter than this are never compressed, whatever the threshold: deflate's
+    /// block overhead eats what little they would save.
+    pub const COMPRESSIBLE_FROM: usize = 64;
+
+    /// A frame of a fixed text.
+    pub fn from_static(text: &'static str) -> Self {
+        Self::from(Utf8Bytes::from_static(text))
+    }
+
+    /// The message's text.
+    pub fn as_str(&self) -> &str {
+        self.text.as_str()
+    }
+
+    /// The message's length in bytes, before compression.
+    pub fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Whether the message is empty (never, for messages the hub renders).
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// The message's text, shared.
+    pub fn text(&self) -> &Utf8Bytes {
+        &self.text
+    }
+
+    /// The message's deflated payload, made with `deflate` on the first call and shared by
+    /// every later one; `None` when the message is not compressed.
+    pub fn deflated(&self, deflate: impl FnOnce(&[u8]) -> Option<Bytes>) -> Option<&Bytes> {
+        self.deflated
+            .as_ref()?
+            .get_or_init(|| deflate(self.text.as_bytes()))
+            .as_ref()
+    }
+}
+
+impl From<Utf8Bytes> for Frame {
+    fn from(text: Utf8Bytes) -> Self {
+        let deflated = (text.len() >= Self::COMPRESSIBLE_FROM).then(Default::default);
+        Self { text, deflated }
+    }
+}
+
+impl From<String> for Frame {
+    fn from(text: String) -> Self {
+        Self::from(Utf8Bytes::from(text))
+    }
+}
 
 /// The parts of every message that name one key, escaped once per topic or connection.
 #[derive(Debug, Clone)]
@@ -106,12 +172,12 @@ impl Envelope {
         // `data` comes from serde_json, which writes UTF-8.
         text.push_str(std::str::from_utf8(data).unwrap_or("null"));
         text.push_str(tail);
-        Utf8Bytes::from(text)
+        Frame::from(text)
     }
 
     /// An `error` message about this key.
     pub fn error(&self, message: &str) -> Frame {
-        Utf8Bytes::from(format!(
+        Frame::from(format!(
             "{{\"type\":\"error\",{},\"timestamp\":\"{}\",\"message\":{}}}",
             self.id_member,
             timestamp_now(),
@@ -122,7 +188,7 @@ impl Envelope {
 
 /// A JSON `pong`.
 pub fn pong() -> Frame {
-    Utf8Bytes::from(format!(
+    Frame::from(format!(
         "{{\"type\":\"pong\",\"timestamp\":\"{}\"}}",
         timestamp_now()
     ))
@@ -223,7 +289,11 @@ mod tests {
             .iter()
             .map(|k| text.as_str().find(k).unwrap())
             .collect();
-        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "{}",
+            text.as_str()
+        );
         let value = parse(envelope.state(b"[]"));
         assert_eq!(value["type"], "task_execution_update");
         assert_eq!(value["task_record_id"], "t-\"1\"");

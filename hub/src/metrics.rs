@@ -43,6 +43,15 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// One endpoint's counts of what its connections send.
+#[derive(Debug, Clone)]
+pub struct SentBytes {
+    /// Bytes of the messages, as text.
+    pub message: Counter,
+    /// Bytes of payload written for them: less than `message` where compression pays.
+    pub wire: Counter,
+}
+
 /// Every metric the hub keeps. Handles are cheap to clone and update without locks.
 #[derive(Debug)]
 pub struct Metrics {
@@ -57,6 +66,11 @@ pub struct Metrics {
     pub messages_delivered: Counter,
     /// Messages not queued because the client's queue was full.
     pub messages_dropped: Counter,
+    /// Bytes of messages sent to clients by endpoint, as text (before compression).
+    pub message_bytes: Family<EndpointLabels, Counter>,
+    /// Payload bytes written for those messages by endpoint (after compression): against
+    /// `message_bytes`, what permessage-deflate saves on the clients' links.
+    pub wire_bytes: Family<EndpointLabels, Counter>,
     /// Clients closed with 1013 because they could not keep up.
     pub slow_clients_closed: Counter,
     /// Keys the hub holds a broker subscription for.
@@ -92,6 +106,8 @@ impl Default for Metrics {
             connections_refused: Family::default(),
             messages_delivered: Counter::default(),
             messages_dropped: Counter::default(),
+            message_bytes: Family::default(),
+            wire_bytes: Family::default(),
             slow_clients_closed: Counter::default(),
             subscriptions: Gauge::default(),
             broker_messages: Family::default(),
@@ -124,6 +140,18 @@ impl Default for Metrics {
             "messages_dropped",
             "Messages dropped because a client queue was full",
             metrics.messages_dropped.clone(),
+        );
+        registry.register_with_unit(
+            "message",
+            "Bytes of messages sent to clients, as text before compression, by endpoint",
+            Unit::Bytes,
+            metrics.message_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "wire",
+            "Payload bytes written for messages to clients, after compression, by endpoint",
+            Unit::Bytes,
+            metrics.wire_bytes.clone(),
         );
         registry.register(
             "slow_clients_closed",
@@ -226,12 +254,22 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a refused event or reply.
     /// Counts a publisher's tip for a key of `kind`.
     pub fn tip(&self, kind: &'static str) {
         self.tips_received.get_or_create(&KindOnly { kind }).inc();
     }
 
+    /// The byte counters of connections to `endpoint`; handles to keep, so that counting a
+    /// message costs no lookup.
+    pub fn sent_bytes(&self, endpoint: &'static str) -> SentBytes {
+        let labels = EndpointLabels { endpoint };
+        SentBytes {
+            message: self.message_bytes.get_or_create(&labels).clone(),
+            wire: self.wire_bytes.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counts a refused event or reply.
     pub fn rejected(&self, kind: &'static str, reason: &'static str) {
         self.events_rejected
             .get_or_create(&KindLabels { kind, reason })

@@ -107,7 +107,8 @@ async fn websocket(
         .write_buffer_size(WRITE_BUFFER);
     let raw_id = raw_id.to_owned();
     let tracker = state.connections.clone();
-    let (response, life) = handshake.accept(config, move |socket| async move {
+    let compress = state.settings.compression.is_some();
+    let (response, life) = handshake.accept(config, compress, move |socket| async move {
         let peer = SocketAddr::new(client_ip, peer.port());
         match admitted {
             Ok((_place, watch, expires_in)) => {

@@ -152,7 +152,7 @@ async fn the_token_may_travel_in_a_header_or_a_subprotocol(kind: BrokerKind) {
         "sec-websocket-protocol",
         offer.parse().expect("a header value"),
     );
-    let (ws, response) = tokio_tungstenite::connect_async(request)
+    let (mut client, response) = Client::connect_request(request)
         .await
         .expect("the handshake succeeds");
     assert_eq!(
@@ -162,7 +162,6 @@ async fn the_token_may_travel_in_a_header_or_a_subprotocol(kind: BrokerKind) {
             .map(|v| v.to_str().ok()),
         Some(Some("vwed"))
     );
-    let mut client = Client::from_stream(ws);
     client.next_of_type("storage_location_update").await;
 
     // A header's token is used even when the query carries a forged one, and the other way

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use vwed_e2e::{
     location, tokens, BrokerKind, Client, Owner, Received, TestBroker, TestHub, PATIENCE,
 };
+use vwed_hub::ws::deflate::client::OFFER;
 use vwed_hub::ws::Endpoint;
 use vwed_publisher::{TaskResult, TaskStatus};
 
@@ -267,6 +268,19 @@ fn frame_with(first: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
     } else {
         out.extend_from_slice(payload);
     }
+    out
+}
+
+/// `payload` as a client compresses a message (RFC 7692 section 7.2.1): raw deflate,
+/// sync-flushed, without the final 4 bytes.
+fn deflated(payload: &[u8]) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut compress = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(payload.len() + 64);
+    compress
+        .compress_vec(payload, &mut out, FlushCompress::Sync)
+        .expect("deflate");
+    assert_eq!(out.split_off(out.len() - 4), [0, 0, 0xff, 0xff]);
     out
 }
 
@@ -739,6 +753,14 @@ fn rows() -> Vec<Row> {
     let invalid_json = || error("h-msg", "无效的JSON消息格式");
     let protocol_error =
         |name: &str, bytes: Vec<u8>| message(name, vec![Step::Send(bytes), Step::Close(1002)]);
+    let deflating = |name: &str, steps: Vec<Step>| {
+        message(name, steps).header("Sec-WebSocket-Extensions", OFFER)
+    };
+    let ping_halves = {
+        let whole = deflated(b"ping");
+        let (first, second) = whole.split_at(whole.len() / 2);
+        (first.to_vec(), second.to_vec())
+    };
     let long_id = "x".repeat(10 * 1024);
     let nested_fits = "[".repeat(60_000);
     let nested_too_big = "[".repeat(100_000);
@@ -1005,6 +1027,80 @@ fn rows() -> Vec<Row> {
         protocol_error(
             "RSV1 set without an extension",
             frame_with(0xC0 | op::TEXT, true, b"ping"),
+        ),
+        // Compression negotiated (SPEC 2.6): compressed client frames are inflated, within
+        // the same 64 KiB as plain ones; RSV1 where the extension gives it no meaning is 1002.
+        deflating(
+            "a compressed ping",
+            vec![
+                Step::Send(frame_with(0xC0 | op::TEXT, true, &deflated(b"ping"))),
+                Step::TextPong,
+                Step::Open,
+            ],
+        ),
+        deflating(
+            "a compressed ping in two fragments",
+            vec![
+                Step::Send(frame_with(0x40 | op::TEXT, true, &ping_halves.0)),
+                Step::Send(frame_with(0x80 | op::CONTINUATION, true, &ping_halves.1)),
+                Step::TextPong,
+                Step::Open,
+            ],
+        ),
+        deflating(
+            "a plain ping, compression negotiated",
+            vec![Step::Send(text("ping")), Step::TextPong, Step::Open],
+        ),
+        deflating(
+            "a compressed message that inflates past 64 KiB",
+            vec![
+                Step::Send(frame_with(
+                    0xC0 | op::TEXT,
+                    true,
+                    &deflated(&[b' '; 70_000]),
+                )),
+                Step::Close(1009),
+            ],
+        ),
+        deflating(
+            "a compressed frame over 64 KiB",
+            vec![
+                Step::SendWhileReading(frame_with(0xC0 | op::TEXT, true, &[7; 70_000])),
+                Step::Close(1009),
+            ],
+        ),
+        deflating(
+            "compressed data that does not inflate",
+            vec![
+                Step::Send(frame_with(0xC0 | op::TEXT, true, &[0xff; 8])),
+                Step::Close(1007),
+            ],
+        ),
+        deflating(
+            "a compressed text of invalid UTF-8",
+            vec![
+                Step::Send(frame_with(
+                    0xC0 | op::TEXT,
+                    true,
+                    &deflated(&[b'{', 0xff, b'}']),
+                )),
+                Step::Close(1007),
+            ],
+        ),
+        deflating(
+            "RSV1 on a Ping, compression negotiated",
+            vec![
+                Step::Send(frame_with(0xC0 | op::PING, true, b"")),
+                Step::Close(1002),
+            ],
+        ),
+        deflating(
+            "RSV1 on a continuation, compression negotiated",
+            vec![
+                Step::Send(frame_with(0x40 | op::TEXT, true, &ping_halves.0)),
+                Step::Send(frame_with(0xC0 | op::CONTINUATION, true, &ping_halves.1)),
+                Step::Close(1002),
+            ],
         ),
         protocol_error("a Ping of 126 bytes", frame(op::PING, &[0; 126])),
         protocol_error("a fragmented Ping", frame_with(op::PING, true, b"x")),

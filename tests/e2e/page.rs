@@ -39,6 +39,14 @@ async fn the_page_shows_a_demo_scene_recolours_changes_and_streams_a_task() {
             "document.querySelector('#state-grid').dataset.state === 'open'",
         )
         .await;
+    // Chromium offers permessage-deflate, the hub takes it (SPEC 2.6), and the scene's state
+    // below arrives compressed.
+    assert_eq!(
+        browser
+            .eval("document.querySelector('#state-grid').dataset.extensions")
+            .await,
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    );
     browser
         .wait_until(
             "the grid shows every location of the scene",

@@ -5,11 +5,68 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use vwed_hub::ws::deflate::client::{AfterHandshake, OFFER};
+
 use crate::{TestHub, PATIENCE};
+
+/// A test client's socket: compressed messages inflated, when it negotiated compression.
+type Socket = WebSocketStream<AfterHandshake<MaybeTlsStream<TcpStream>>>;
+
+/// Whether the test clients offer permessage-deflate: `VWED_E2E_DEFLATE=1` runs every test
+/// with clients that negotiate compression (`.ci/test` runs the behaviour suites both ways).
+pub fn clients_offer_deflate() -> bool {
+    std::env::var("VWED_E2E_DEFLATE").is_ok_and(|value| value == "1")
+}
+
+/// The opening handshake for `request` over `stream`, offering permessage-deflate when the run
+/// asks for it (and then failing the test unless the hub agreed).
+async fn handshake(
+    request: Request,
+    stream: MaybeTlsStream<TcpStream>,
+) -> Result<(Socket, Response), tungstenite::Error> {
+    handshake_offering(request, stream, clients_offer_deflate()).await
+}
+
+/// [`handshake`], offering permessage-deflate or not as `offer` says.
+async fn handshake_offering(
+    mut request: Request,
+    stream: MaybeTlsStream<TcpStream>,
+    offer: bool,
+) -> Result<(Socket, Response), tungstenite::Error> {
+    if offer {
+        request.headers_mut().insert(
+            "sec-websocket-extensions",
+            OFFER.parse().expect("a header value"),
+        );
+    }
+    let (ws, response) =
+        tokio_tungstenite::client_async(request, AfterHandshake::new(stream)).await?;
+    if offer {
+        let agreed = response
+            .headers()
+            .get("sec-websocket-extensions")
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("permessage-deflate"));
+        assert!(agreed, "the hub declined permessage-deflate: {response:?}");
+    }
+    Ok((ws, response))
+}
+
+/// A plain TCP connection to the host and port `request` names.
+async fn tcp_for(request: &Request) -> Result<MaybeTlsStream<TcpStream>, tungstenite::Error> {
+    let uri = request.uri();
+    let host = uri.host().unwrap_or("127.0.0.1").trim_matches(['[', ']']);
+    let port = uri.port_u16().unwrap_or(80);
+    let tcp = TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    Ok(MaybeTlsStream::Plain(tcp))
+}
 
 /// What a client saw next.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +85,7 @@ pub enum Received {
 
 /// A connected WebSocket client.
 pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: Socket,
 }
 
 impl Client {
@@ -38,12 +95,14 @@ impl Client {
     }
 
     /// Connects with a 4 KiB socket receive buffer, so that a client that stops reading falls
-    /// behind after little data instead of after megabytes of kernel buffering.
+    /// behind after little data instead of after megabytes of kernel buffering. It never offers
+    /// compression, which would shrink the megabytes it is meant to fall behind on.
     pub async fn connect_with_small_buffer(hub: &TestHub, path: &str) -> Self {
         let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
         socket.set_recv_buffer_size(4096).expect("set SO_RCVBUF");
         let stream = socket.connect(hub.addr()).await.expect("connect");
-        let (ws, _) = tokio_tungstenite::client_async(hub.url(path), MaybeTlsStream::Plain(stream))
+        let request = hub.url(path).into_client_request().expect("a valid URL");
+        let (ws, _) = handshake_offering(request, MaybeTlsStream::Plain(stream), false)
             .await
             .expect("handshake");
         Self { ws }
@@ -56,15 +115,14 @@ impl Client {
         path: &str,
         headers: &[(&'static str, &str)],
     ) -> Result<Self, u16> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut request = hub.url(path).into_client_request().expect("a valid URL");
         for (name, value) in headers {
             request
                 .headers_mut()
                 .insert(*name, value.parse().expect("a valid header value"));
         }
-        match tokio_tungstenite::connect_async(request).await {
-            Ok((ws, _)) => Ok(Self { ws }),
+        match Self::connect_request(request).await {
+            Ok((client, _)) => Ok(client),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 Err(response.status().as_u16())
             }
@@ -72,9 +130,12 @@ impl Client {
         }
     }
 
-    /// A client on a connection opened elsewhere (e.g. with a handshake the test inspects).
-    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
-        Self { ws }
+    /// Connects with `request` as it is (headers the test sets); the hub's answer too, for a
+    /// test to inspect.
+    pub async fn connect_request(request: Request) -> Result<(Self, Response), tungstenite::Error> {
+        let stream = tcp_for(&request).await?;
+        let (ws, response) = handshake(request, stream).await?;
+        Ok((Self { ws }, response))
     }
 
     /// Connects over `tls` (a TLS connection to the hub) to `path`, as `wss://localhost`.
@@ -82,17 +143,18 @@ impl Client {
         tls: tokio_rustls::client::TlsStream<TcpStream>,
         path: &str,
     ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
-        let url = format!("wss://localhost{path}");
-        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Rustls(tls)).await?;
+        let request = format!("wss://localhost{path}").into_client_request()?;
+        let (ws, _) = handshake(request, MaybeTlsStream::Rustls(tls)).await?;
         Ok(Self { ws })
     }
 
     /// Connects to a full `ws://` URL.
     pub async fn connect_url(url: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
-        Self { ws }
+        let request = url.into_client_request().expect("a valid URL");
+        match Self::connect_request(request).await {
+            Ok((client, _)) => client,
+            Err(e) => panic!("cannot connect to {url}: {e}"),
+        }
     }
 
     /// The next message (Ping and Pong frames skipped), failing the test after [`PATIENCE`].

@@ -117,6 +117,8 @@ class Channel {
     let heardAt = Date.now();
     ws.onopen = () => {
       if (!live()) return;
+      // What the hub agreed to, e.g. permessage-deflate (compressed state messages).
+      this.stateEl.dataset.extensions = ws.extensions;
       this.setState('open', 'live');
       heardAt = Date.now();
       stableTimer = setTimeout(() => { this.attempt = 0; }, STABLE_AFTER_MS);

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::{self, protocol::CloseFrame, Message, Utf8By
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::admission::Refusal;
+use super::deflate::{self, Compression};
 use super::endpoint::{Endpoint, InvalidRequest, Watch};
 use super::fragments::Fragments;
 use super::upgrade::WebSocket;
@@ -22,7 +23,7 @@ use super::wake_source::WakeSource;
 use crate::auth::Denied;
 use crate::fanout::{outbox, FanOut, GiveUp, Inbox, Member, Membership, Mode, Next};
 use crate::messages::{self, ClientMessageError, ClientRequest, Envelope, Frame};
-use crate::metrics::{EndpointLabels, Metrics};
+use crate::metrics::{EndpointLabels, Metrics, SentBytes};
 
 /// Close codes of SPEC 2.4.
 pub mod close {
@@ -67,6 +68,9 @@ pub struct ConnectionSettings {
     /// Client messages allowed at once above the rate; also how many more, past the limit, a
     /// client may send before it is closed.
     pub message_burst: u32,
+    /// How messages are compressed for clients that negotiate permessage-deflate; `None`: the
+    /// hub declines the extension.
+    pub compression: Option<Compression>,
 }
 
 /// A client's allowance of messages: a token bucket, so bursts up to the limit cost nothing.
@@ -234,7 +238,11 @@ async fn refuse_key(
     tracing::info!(endpoint = endpoint.segment(), %key, %peer, close_code = code, reason, "connection refused");
     metrics.refused(reason);
     let error = Envelope::new(endpoint.kind(), key).error(&text);
-    let _ = timeout(CLOSE_GRACE, socket.send(Message::Text(error))).await;
+    let _ = timeout(
+        CLOSE_GRACE,
+        socket.send(Message::Text(error.text().clone())),
+    )
+    .await;
     close_socket(socket, code, reason, CLOSE_GRACE).await;
 }
 
@@ -279,7 +287,10 @@ pub async fn serve(
         .clone();
     gauge.inc();
     let started = Instant::now();
-    tracing::info!(endpoint, key = %watch.id, %peer, "connection opened");
+    let compression = settings
+        .compression
+        .filter(|_| socket.get_ref().negotiated());
+    tracing::info!(endpoint, key = %watch.id, %peer, compressed = compression.is_some(), "connection opened");
 
     let drain = Drain::new(&shutdown, settings.drain_spread);
     let budget = MessageBudget::new(&settings);
@@ -301,6 +312,8 @@ pub async fn serve(
         woken_by_clocks: WakeSource::new(),
         budget,
         client_close: None,
+        compression,
+        sent: metrics.sent_bytes(watch.endpoint.segment()),
     };
     let ending = connection.run().await;
     let Connection {
@@ -455,6 +468,10 @@ struct Connection {
     /// The code of the client's close frame (1005 when it gave none), so the closing log line
     /// can tell a client that left from a network that failed.
     client_close: Option<u16>,
+    /// How to compress messages, if this client negotiated it.
+    compression: Option<Compression>,
+    /// Counts the bytes of what this connection sends, before and after compression.
+    sent: SentBytes,
 }
 
 /// What woke the connection.
@@ -484,7 +501,7 @@ impl Connection {
                 Wake::Expired => {
                     let error = self.envelope.error(&Denied::Expired.to_string());
                     let closing = Err(Ending::Close(close::POLICY, Denied::Expired.reason()));
-                    self.write(Message::Text(error)).await.and(closing)
+                    self.write_text(error).await.and(closing)
                 }
                 Wake::Client(Some(Ok(message))) => {
                     self.last_heard = Instant::now();
@@ -565,7 +582,7 @@ impl Connection {
                     let error = self
                         .envelope
                         .error(&ClientMessageError::TooFrequent.to_string());
-                    return self.write(Message::Text(error)).await;
+                    return self.write_text(error).await;
                 }
                 Allowance::Drop => return Ok(()),
                 Allowance::Close => {
@@ -576,7 +593,7 @@ impl Connection {
         }
         let reply = match message {
             Message::Text(text) => match messages::parse_client_text(text.as_str()) {
-                Ok(ClientRequest::TextPing) => Some(Utf8Bytes::from_static("pong")),
+                Ok(ClientRequest::TextPing) => Some(Frame::from_static("pong")),
                 Ok(ClientRequest::Ping) => Some(messages::pong()),
                 Ok(ClientRequest::GetStatus) => {
                     self.membership.request_status();
@@ -607,7 +624,7 @@ impl Connection {
             }
         };
         match reply {
-            Some(frame) => self.write(Message::Text(frame)).await,
+            Some(frame) => self.write_text(frame).await,
             None => Ok(()),
         }
     }
@@ -621,19 +638,38 @@ impl Connection {
             settings,
             metrics,
             drain,
+            compression,
+            sent,
             ..
         } = self;
         let write = async {
-            let mut bytes = first.len();
-            feed(socket, first).await?;
+            let mut bytes = feed(socket, first, *compression, sent).await?;
             for _ in 1..MAX_BATCH {
                 if bytes >= MAX_BATCH_BYTES {
                     break;
                 }
                 let Some(frame) = inbox.try_next() else { break };
-                bytes += frame.len();
-                feed(socket, frame).await?;
+                bytes += feed(socket, frame, *compression, sent).await?;
             }
+            socket.flush().await
+        };
+        guarded(write, settings, metrics, drain, give_up).await
+    }
+
+    /// Writes one message of the hub's own (an `error`, a `pong`) and flushes.
+    async fn write_text(&mut self, frame: Frame) -> Result<(), Ending> {
+        let Self {
+            socket,
+            give_up,
+            settings,
+            metrics,
+            drain,
+            compression,
+            sent,
+            ..
+        } = self;
+        let write = async {
+            feed(socket, frame, *compression, sent).await?;
             socket.flush().await
         };
         guarded(write, settings, metrics, drain, give_up).await
@@ -652,12 +688,27 @@ impl Connection {
     }
 }
 
-/// Queues one message for the socket, a long one as several frames (see [`Fragments`]).
-async fn feed(socket: &mut WebSocket, text: Frame) -> Result<(), tungstenite::Error> {
-    for message in Fragments::of(text) {
+/// Queues one message for the socket, a long one as several frames (see [`Fragments`]),
+/// deflated when the client negotiated it and the message is long enough; the bytes queued.
+async fn feed(
+    socket: &mut WebSocket,
+    frame: Frame,
+    compression: Option<Compression>,
+    sent: &SentBytes,
+) -> Result<usize, tungstenite::Error> {
+    let deflated = compression
+        .filter(|compression| frame.len() >= compression.threshold)
+        .and_then(|compression| frame.deflated(|text| deflate::deflate(text, compression.level)));
+    let (fragments, written) = match deflated {
+        Some(deflated) => (Fragments::deflated(deflated.clone()), deflated.len()),
+        None => (Fragments::of(frame.text().clone()), frame.len()),
+    };
+    sent.message.inc_by(frame.len() as u64);
+    sent.wire.inc_by(written as u64);
+    for message in fragments {
         socket.feed(message).await?;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Runs a socket write, bounded by the write timeout, and abandons it when the connection's
@@ -689,8 +740,16 @@ async fn guarded(
 
 /// Maps a read error to how the connection ends: an oversized frame is answered with 1009.
 fn read_error(error: tungstenite::Error) -> Ending {
+    use deflate::inbound::Fault;
     use tungstenite::error::ProtocolError;
     match error {
+        tungstenite::Error::Io(io) => match io.get_ref().and_then(|e| e.downcast_ref::<Fault>()) {
+            Some(Fault::TooBig) => Ending::Close(close::TOO_BIG, "message too big"),
+            Some(Fault::NotInflatable) => {
+                Ending::Close(close::INVALID_DATA, "invalid compressed data")
+            }
+            None => Ending::Gone,
+        },
         tungstenite::Error::Capacity(_) => Ending::Close(close::TOO_BIG, "message too big"),
         // The client is there and talking, just not in UTF-8: tell it why, rather than hang up
         // as if the network had failed.
@@ -736,6 +795,7 @@ mod tests {
             drain_spread: Duration::ZERO,
             message_rate,
             message_burst,
+            compression: None,
         }
     }
 

@@ -19,8 +19,13 @@ pub const MAX_FRAME: usize = 8 * 1024;
 pub enum Fragments {
     /// Short enough for one frame.
     Whole(Option<Utf8Bytes>),
-    /// What is left to cut, and whether the next frame is the first.
-    Cut { rest: Bytes, first: bool },
+    /// What is left to cut, whether the next frame is the first, and whether the payload is
+    /// deflated (RFC 7692: RSV1 on the first frame; cut anywhere, as it is not text).
+    Cut {
+        rest: Bytes,
+        first: bool,
+        deflated: bool,
+    },
 }
 
 impl Fragments {
@@ -32,7 +37,17 @@ impl Fragments {
             Self::Cut {
                 rest: Bytes::from(text),
                 first: true,
+                deflated: false,
             }
+        }
+    }
+
+    /// The frames of a message whose payload is `deflated` (see [`super::deflate`]).
+    pub fn deflated(deflated: Bytes) -> Self {
+        Self::Cut {
+            rest: deflated,
+            first: true,
+            deflated: true,
         }
     }
 }
@@ -43,18 +58,30 @@ impl Iterator for Fragments {
     fn next(&mut self) -> Option<Message> {
         match self {
             Self::Whole(text) => text.take().map(Message::Text),
-            Self::Cut { rest, first } => {
+            Self::Cut {
+                rest,
+                first,
+                deflated,
+            } => {
                 if rest.is_empty() {
                     return None;
                 }
-                let piece = rest.split_to(char_boundary_at_most(rest, MAX_FRAME));
-                let opcode = if std::mem::take(first) {
+                let cut = if *deflated {
+                    rest.len().min(MAX_FRAME)
+                } else {
+                    char_boundary_at_most(rest, MAX_FRAME)
+                };
+                let piece = rest.split_to(cut);
+                let first = std::mem::take(first);
+                let opcode = if first {
                     OpCode::Data(Data::Text)
                 } else {
                     OpCode::Data(Data::Continue)
                 };
                 let last = rest.is_empty();
-                Some(Message::Frame(WireFrame::message(piece, opcode, last)))
+                let mut frame = WireFrame::message(piece, opcode, last);
+                frame.header_mut().rsv1 = first && *deflated;
+                Some(Message::Frame(frame))
             }
         }
     }
@@ -109,6 +136,33 @@ mod tests {
         assert_eq!((got[1].0, got[1].1), (false, OpCode::Data(Data::Continue)));
         assert_eq!((got[2].0, got[2].1), (true, OpCode::Data(Data::Continue)));
         assert_eq!(got.iter().map(|f| f.2.as_str()).collect::<String>(), long);
+    }
+
+    #[test]
+    fn a_deflated_payload_is_cut_anywhere_with_rsv1_on_the_first_frame_alone() {
+        let payload = Bytes::from(vec![0xE5_u8; MAX_FRAME + 3]);
+        let frames: Vec<_> = Fragments::deflated(payload)
+            .map(|message| match message {
+                Message::Frame(frame) => (
+                    frame.header().rsv1,
+                    frame.header().is_final,
+                    frame.header().opcode,
+                    frame.payload().len(),
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            frames,
+            [
+                (true, false, OpCode::Data(Data::Text), MAX_FRAME),
+                (false, true, OpCode::Data(Data::Continue), 3)
+            ]
+        );
+        let short: Vec<_> = Fragments::deflated(Bytes::from_static(b"xyz")).collect();
+        assert!(
+            matches!(&short[..], [Message::Frame(f)] if f.header().rsv1 && f.header().is_final)
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod connection;
+pub mod deflate;
 pub mod endpoint;
 mod fragments;
 pub mod upgrade;

@@ -20,8 +20,10 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use super::deflate::{offer, Inflating};
+
 /// A client's connection once the handshake is done.
-pub type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
+pub type WebSocket = WebSocketStream<Inflating<TokioIo<Upgraded>>>;
 
 /// A valid opening handshake, not answered yet.
 pub struct Handshake {
@@ -30,6 +32,8 @@ pub struct Handshake {
     /// Whether the client offered the subprotocol the hub speaks; browsers that offer any
     /// subprotocol fail the connection unless the answer selects one of them.
     offers_protocol: bool,
+    /// Whether the client offered permessage-deflate in a form the hub accepts.
+    offers_deflate: bool,
     /// Resolves to the socket once hyper has sent the 101 answer.
     on_upgrade: OnUpgrade,
 }
@@ -128,6 +132,12 @@ impl<S: Sync> FromRequestParts<S> for Handshake {
             .iter()
             .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
             .any(|item| item.trim_ascii() == crate::auth::SUBPROTOCOL.as_bytes());
+        let offers_deflate = offer::accepts(
+            headers
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
         let on_upgrade = parts
             .extensions
             .remove::<OnUpgrade>()
@@ -135,6 +145,7 @@ impl<S: Sync> FromRequestParts<S> for Handshake {
         Ok(Self {
             key,
             offers_protocol,
+            offers_deflate,
             on_upgrade,
         })
     }
@@ -144,9 +155,12 @@ impl Handshake {
     /// The 101 answer, and the connection's whole life to run beside it: once hyper hands the
     /// socket over, `serve` on it. A connection that fails in between is dropped, which the
     /// client sees as a close. The caller spawns the life, and so decides what tracks it.
+    /// With `compress`, an acceptable permessage-deflate offer is taken (the socket says so:
+    /// [`Inflating::negotiated`]).
     pub fn accept<F, Fut>(
         self,
         config: WebSocketConfig,
+        compress: bool,
         serve: F,
     ) -> (Response, impl Future<Output = ()> + Send + 'static)
     where
@@ -156,12 +170,16 @@ impl Handshake {
         let Self {
             key,
             offers_protocol,
+            offers_deflate,
             on_upgrade,
         } = self;
+        let deflate = compress && offers_deflate;
+        // Compressed client frames are held to the same limit as plain ones, inflated.
+        let limit = config.max_frame_size.unwrap_or(usize::MAX);
         let life = async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let io = TokioIo::new(upgraded);
+                    let io = Inflating::new(TokioIo::new(upgraded), deflate, limit);
                     let socket =
                         WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                     serve(socket).await;
@@ -182,6 +200,12 @@ impl Handshake {
             response
                 .headers_mut()
                 .insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if deflate {
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_static(offer::ACCEPTED),
+            );
         }
         if offers_protocol {
             response.headers_mut().insert(

@@ -169,12 +169,18 @@ class Hub:
                 total += float(value)
         return total
 
-    async def client(self, endpoint: str, id: str, query: str = "") -> WsClient:
-        """A WebSocket client of ``/ws/<endpoint>/<id>``, the id percent-encoded as browsers do."""
+    async def client(
+        self, endpoint: str, id: str, query: str = "", *, compression: str | None = "deflate"
+    ) -> WsClient:
+        """A WebSocket client of ``/ws/<endpoint>/<id>``, the id percent-encoded as browsers do.
+
+        Like a browser, it offers permessage-deflate (``websockets``' default) unless
+        ``compression`` is None.
+        """
         url = f"ws://127.0.0.1:{self.port}/ws/{endpoint}/{quote(id, safe='')}"
         if query:
             url += "?" + query
-        return WsClient(await connect(url, max_size=None, open_timeout=5))
+        return WsClient(await connect(url, max_size=None, open_timeout=5, compression=compression))
 
 
 class WsClient:

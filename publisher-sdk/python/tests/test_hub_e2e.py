@@ -271,3 +271,47 @@ async def test_odd_ids_never_cross_keys(hub: Hub, publisher: Publisher) -> None:
     for id, panel in panels.items():
         assert_task_update(await panel.recv(), id, [result(0, f"for {id}")])
         await panel.silent_for(0.05)
+
+
+async def test_panels_offering_compression_get_the_same_messages_in_a_fraction_of_the_bytes(
+    hub: Hub, publisher: Publisher
+) -> None:
+    """SPEC 2.6, with websockets' own permessage-deflate on the client side."""
+    locations = [
+        location(f"L-{n:03d}", f"S-{n // 10:02d}", n % 10 + 1, goods_content="托盘", tags="常温")
+        for n in range(300)
+    ]
+    owner = SceneOwner(publisher, *locations)
+    await publisher.serve_scene_snapshots(owner.snapshot)
+    deflating = await hub.client("storage-location-broadcast", "s-1")
+    plain = await hub.client("storage-location-broadcast", "s-1", compression=None)
+    answers = [panel.connection.response for panel in (deflating, plain)]
+    assert answers[0] is not None
+    assert answers[1] is not None
+    agreed = answers[0].headers.get("Sec-WebSocket-Extensions")
+    assert agreed == "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    assert "Sec-WebSocket-Extensions" not in answers[1].headers
+
+    endpoint = "storage-location-broadcast"
+    sent_before = await hub.metric("vwed_hub_message_bytes_total", endpoint=endpoint)
+    wire_before = await hub.metric("vwed_hub_wire_bytes_total", endpoint=endpoint)
+    # websockets compresses what it sends too: the hub inflates the request.
+    await deflating.send_json({"type": "get_status"})
+    compressed_state = await deflating.recv()
+    assert_scene_update(compressed_state, locations)
+    sent = await hub.metric("vwed_hub_message_bytes_total", endpoint=endpoint) - sent_before
+    written = await hub.metric("vwed_hub_wire_bytes_total", endpoint=endpoint) - wire_before
+    assert sent > 100_000
+    assert written * 5 < sent, f"{sent} bytes of state went out as {written}"
+
+    await plain.send_json({"type": "get_status"})
+    plain_state = await plain.recv()
+    assert {**plain_state, "timestamp": ""} == {**compressed_state, "timestamp": ""}
+
+    # One status change, one rendering: both panels read exactly the same text.
+    status = locations[0].status()
+    status.is_occupied = True
+    await publisher.status_change("s-1", "S-00-1", StatusAction.OCCUPY, status)
+    texts = [await panel.connection.recv() for panel in (deflating, plain)]
+    assert texts[0] == texts[1]
+    assert json.loads(texts[0])["new_status"] == wire(status)
