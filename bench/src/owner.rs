@@ -127,7 +127,7 @@ impl Owner {
             TaskStatus::Running,
         )];
         if padding > 0 {
-            results.push(TaskResult::now("x".repeat(padding), TaskStatus::Running));
+            results.push(TaskResult::now(filler(padding), TaskStatus::Running));
         }
         let rev = self.publisher.next_rev();
         let mut state = lock(&self.state);
@@ -251,4 +251,31 @@ impl Pacer {
     pub fn elapsed(&self) -> Duration {
         self.start.elapsed()
     }
+}
+
+/// `length` bytes of text about as varied as a scene's JSON (ids, names, numbers, a little
+/// Chinese), so that padded events compress as storage states do (about tenfold), where one
+/// letter repeated would shrink a thousandfold and flatter every compressor.
+fn filler(length: usize) -> String {
+    let mut text = String::with_capacity(length + 64);
+    let mut random = fastrand::Rng::with_seed(length as u64);
+    let mut n = 0;
+    while text.len() < length {
+        text.push_str(&format!(
+            "{{\"id\":\"LOC-{n:05}\",\"layer_name\":\"A-{:02}-{}\",\"goods_weight\":{},\"is_occupied\":{},\"goods_content\":\"托盘{}\"}},",
+            random.u32(..40),
+            random.u32(1..6),
+            random.u32(..5000),
+            random.bool(),
+            random.u32(..1000),
+        ));
+        n += 1;
+    }
+    // Cut at a character boundary.
+    let mut cut = length;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text
 }

@@ -869,6 +869,8 @@ fn latency_ms(measured: &Measured, quantile: f64) -> Option<f64> {
 
 /// `compare`.
 pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    // Each part on servers of its own: memory the fanout part freed would otherwise be reused
+    // by the idle part's connections, and its figure read far too low.
     let (env, owner) = start(&args.servers, true, true).await?;
     let sweep = args.sweep.then_some((args.p99_limit_ms, args.sweep_steps));
     let mut fanouts = Vec::new();
@@ -891,6 +893,8 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         report.emit();
         fanouts.push(report);
     }
+    drop((owner, env));
+    let (env, owner) = start(&args.servers, true, true).await?;
     for kind in [TargetKind::Hub, TargetKind::NatsServer] {
         let report = idle_on(
             &env,
@@ -918,12 +922,17 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         "fanout_p99_ratio": ratio(hub_f.p99_ms, nats_f.p99_ms),
         "fanout_p50_ratio": ratio(hub_f.p50_ms, nats_f.p50_ms),
         "fanout_max_rate_ratio": ratio(rate_of(hub_f), rate_of(nats_f)),
+        "fanout_cpu_ratio": ratio(hub_f.hub_cpu_percent, nats_f.hub_cpu_percent),
         "idle_rss_per_conn_ratio": ratio(hub_i.rss_per_conn_bytes, nats_i.rss_per_conn_bytes),
+        "compression": args.servers.compression,
+        "padding": args.padding,
         "hub": {"delivered": hub_f.delivered, "expected": hub_f.expected, "lost": hub_f.lost,
                 "delivered_per_sec": hub_f.delivered_per_sec, "p50_ms": hub_f.p50_ms, "p99_ms": hub_f.p99_ms,
+                "cpu_percent": hub_f.hub_cpu_percent, "fanout_rss_bytes": hub_f.hub_rss_bytes,
                 "max_rate": rate_of(hub_f), "idle_connected": hub_i.connected, "idle_rss_per_conn_bytes": hub_i.rss_per_conn_bytes},
         "nats_server": {"delivered": nats_f.delivered, "expected": nats_f.expected, "lost": nats_f.lost,
                 "delivered_per_sec": nats_f.delivered_per_sec, "p50_ms": nats_f.p50_ms, "p99_ms": nats_f.p99_ms,
+                "cpu_percent": nats_f.hub_cpu_percent, "fanout_rss_bytes": nats_f.hub_rss_bytes,
                 "max_rate": rate_of(nats_f), "idle_connected": nats_i.connected, "idle_rss_per_conn_bytes": nats_i.rss_per_conn_bytes},
     });
     let line = summary.to_string();

@@ -92,7 +92,7 @@ pub struct Config {
 
     /// zlib level, 1 (fastest) to 9 (smallest). Each message is deflated once however many
     /// clients get it, so a higher level costs CPU per update, not per client.
-    #[arg(long, env = "VWED_COMPRESSION_LEVEL", default_value_t = 1,
+    #[arg(long, env = "VWED_COMPRESSION_LEVEL", default_value_t = 6,
           value_parser = clap::value_parser!(u32).range(1..=9))]
     pub compression_level: u32,
 

@@ -92,7 +92,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AfterHandshake<S> {
                 if head.ends_with(b"\r\n\r\n") {
                     let text = String::from_utf8_lossy(head).to_ascii_lowercase();
                     if text.contains("sec-websocket-extensions: permessage-deflate") {
-                        this.inbound = Some(Inbound::new(usize::MAX));
+                        this.inbound = Some(Inbound::keeping_inflater(usize::MAX));
                     }
                     this.head = None;
                 }

@@ -41,8 +41,16 @@ pub struct Inbound {
     output: BytesMut,
     /// How much of the current frame is still to go through untouched.
     passing: u64,
-    /// The compressed message arriving, between its first frame and its final one.
-    message: Option<Message>,
+    /// The inflater of the compressed message arriving; between messages, kept only with
+    /// `keep_inflater`. Boxed: an inflater is 150 bytes (and its window 32 KiB once used),
+    /// which a hub connection between messages need not carry.
+    message: Option<Box<Message>>,
+    /// Whether a compressed message is under way: its first frame came, its final one not yet.
+    in_message: bool,
+    /// Keep the inflater between messages, reset, rather than make one per message: for a
+    /// client that receives thousands of compressed messages (a load generator), not for the
+    /// hub, whose clients send a `ping` now and then.
+    keep_inflater: bool,
     /// Set when a frame header does not parse: from then on every byte goes through, and
     /// tungstenite names the protocol error as it would have without the extension.
     opaque: bool,
@@ -59,16 +67,27 @@ struct Message {
 }
 
 impl Inbound {
-    /// Frames of at most `limit` bytes, and messages that inflate to at most that.
+    /// Frames of at most `limit` bytes, and messages that inflate to at most that; an
+    /// inflater is made for each compressed message and dropped after it.
     pub fn new(limit: usize) -> Self {
         Self {
             input: BytesMut::new(),
             output: BytesMut::new(),
             passing: 0,
             message: None,
+            in_message: false,
+            keep_inflater: false,
             opaque: false,
             limit,
             fault: None,
+        }
+    }
+
+    /// [`Inbound::new`], keeping one inflater for every message (see `keep_inflater`).
+    pub fn keeping_inflater(limit: usize) -> Self {
+        Self {
+            keep_inflater: true,
+            ..Self::new(limit)
         }
     }
 
@@ -89,6 +108,16 @@ impl Inbound {
     /// Why the client's frames cannot be read on, once the output before it is taken.
     pub fn fault(&self) -> Option<Fault> {
         self.fault.filter(|_| self.output.is_empty())
+    }
+
+    /// Frees the buffers once everything taken in has been handed on, so that a connection
+    /// between messages (nearly always) holds none: with thousands of panels, a few hundred
+    /// bytes each add up.
+    pub fn release_buffers(&mut self) {
+        if self.input.is_empty() && self.output.is_empty() {
+            self.input = BytesMut::new();
+            self.output = BytesMut::new();
+        }
     }
 
     fn process(&mut self) {
@@ -149,24 +178,33 @@ impl Inbound {
     /// Anything else goes through as it is.
     fn compressed(&self, header: &FrameHeader) -> bool {
         match header.opcode {
-            OpCode::Data(Data::Text | Data::Binary) => header.rsv1 && self.message.is_none(),
-            OpCode::Data(Data::Continue) => !header.rsv1 && self.message.is_some(),
+            OpCode::Data(Data::Text | Data::Binary) => header.rsv1 && !self.in_message,
+            OpCode::Data(Data::Continue) => !header.rsv1 && self.in_message,
             _ => false,
         }
     }
 
     /// Inflates one frame's payload, and writes it out as the same frame, uncompressed.
     fn inflate(&mut self, header: FrameHeader, payload: &[u8]) -> Result<(), Fault> {
-        let message = self.message.get_or_insert_with(|| Message {
-            inflater: Decompress::new(false),
+        let message = self.message.get_or_insert_with(|| {
+            Box::new(Message {
+                inflater: Decompress::new(false),
+            })
         });
+        self.in_message = true;
         let already = usize::try_from(message.inflater.total_out()).unwrap_or(usize::MAX);
         let budget = self.limit.saturating_sub(already);
         let mut inflated = Vec::with_capacity(budget.min(4 * payload.len() + 64) + 1);
         inflate_into(&mut message.inflater, payload, &mut inflated, budget)?;
         if header.is_final {
             inflate_into(&mut message.inflater, &TAIL, &mut inflated, budget)?;
-            self.message = None;
+            self.in_message = false;
+            if self.keep_inflater {
+                // Fresh for the next message (no context takeover), window and all kept.
+                message.inflater.reset(false);
+            } else {
+                self.message = None;
+            }
         }
         let plain = FrameHeader {
             rsv1: false,
@@ -406,15 +444,20 @@ mod tests {
     }
 
     #[test]
-    fn a_second_message_inflates_on_its_own() {
-        let mut inbound = Inbound::new(LIMIT);
-        for text in [&b"ping"[..], b"ping", br#"{"type":"ping"}"#] {
-            inbound.push(&frame(TEXT, true, true, &deflated(text)));
-            assert_eq!(
-                frames_out(&mut inbound),
-                [(true, false, TEXT, text.to_vec())]
-            );
+    fn a_second_message_inflates_on_its_own_with_a_new_inflater_or_a_kept_one() {
+        for (mut inbound, keeps) in [
+            (Inbound::new(LIMIT), false),
+            (Inbound::keeping_inflater(LIMIT), true),
+        ] {
+            for text in [&b"ping"[..], b"ping", br#"{"type":"ping"}"#] {
+                inbound.push(&frame(TEXT, true, true, &deflated(text)));
+                assert_eq!(
+                    frames_out(&mut inbound),
+                    [(true, false, TEXT, text.to_vec())]
+                );
+            }
+            assert!(!inbound.in_message);
+            assert_eq!(inbound.message.is_some(), keeps);
         }
-        assert!(inbound.message.is_none());
     }
 }

@@ -51,6 +51,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
             if !ready.is_empty() {
                 let take = ready.len().min(buf.remaining());
                 buf.put_slice(&ready.split_to(take));
+                inbound.release_buffers();
                 return Poll::Ready(Ok(()));
             }
             if let Some(fault) = inbound.fault() {
