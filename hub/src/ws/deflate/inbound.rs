@@ -150,7 +150,7 @@ impl Inbound {
             };
             let header_length = cursor.position() as usize;
             if !self.compressed(&header) {
-                self.passing = header_length as u64 + length;
+                self.passing = (header_length as u64).saturating_add(length);
                 continue;
             }
             if length > self.limit as u64 {
@@ -380,6 +380,20 @@ mod tests {
         let mut inbound = Inbound::new(LIMIT);
         inbound.push(&wire);
         assert_eq!(inbound.output().as_ref(), wire.as_slice());
+    }
+
+    #[test]
+    fn a_plain_frame_claiming_any_length_goes_through_for_tungstenite_to_refuse() {
+        // Found by fuzzing: the length and the header's own overflowed.
+        for length in [u64::MAX, u64::MAX >> 1] {
+            let mut wire = vec![0x81, 0xFF];
+            wire.extend_from_slice(&length.to_be_bytes());
+            wire.extend_from_slice(&[1, 2, 3, 4, 5]);
+            let mut inbound = Inbound::new(LIMIT);
+            inbound.push(&wire);
+            assert_eq!(inbound.output().as_ref(), wire.as_slice());
+            assert_eq!(inbound.fault(), None);
+        }
     }
 
     #[test]
