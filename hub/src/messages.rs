@@ -5,6 +5,7 @@
 //! struct, so that a state's (possibly large) `data`, rendered once, is wrapped without being
 //! serialized again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -80,9 +81,19 @@ pub struct Frame {
     /// negotiate compression.
     text: Utf8Bytes,
     /// The deflated payload, made the first time a connection that negotiated compression
-    /// writes this message; inside, `None` when deflating does not make it shorter. Absent for
-    /// messages too short ever to be compressed, which then cost no allocation for it.
-    deflated: Option<Arc<OnceLock<Option<Bytes>>>>,
+    /// writes this message. Absent for messages too short ever to be compressed, which then
+    /// cost no allocation for it.
+    deflated: Option<Arc<Deflated>>,
+}
+
+/// A message's deflated payload, made once.
+#[derive(Debug, Default)]
+struct Deflated {
+    /// Set by the connection that makes the payload: others that write the message meanwhile
+    /// send it plain (RFC 7692 lets every message choose) rather than block their thread.
+    claimed: AtomicBool,
+    /// The payload once made; inside, `None` when deflating does not make it shorter.
+    payload: OnceLock<Option<Bytes>>,
 }
 
 impl Frame {
@@ -116,10 +127,18 @@ impl Frame {
     }
 
     /// The message's deflated payload, made with `deflate` on the first call and shared by
-    /// every later one; `None` when the message is not compressed.
+    /// every later one; `None` when the message goes plain: too short, no shorter deflated,
+    /// or being deflated by another connection at this moment (which this one does not wait
+    /// for: a scene's state takes a millisecond or more, and the runtime has few threads).
     pub fn deflated(&self, deflate: impl FnOnce(&[u8]) -> Option<Bytes>) -> Option<&Bytes> {
-        self.deflated
-            .as_ref()?
+        let cell = self.deflated.as_ref()?;
+        if let Some(made) = cell.payload.get() {
+            return made.as_ref();
+        }
+        if cell.claimed.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        cell.payload
             .get_or_init(|| deflate(self.text.as_bytes()))
             .as_ref()
     }
@@ -270,6 +289,26 @@ mod tests {
 
     fn parse(frame: Frame) -> Value {
         serde_json::from_str(frame.as_str()).unwrap()
+    }
+
+    #[test]
+    fn a_frame_is_deflated_once_and_a_writer_finding_it_under_way_goes_plain() {
+        let frame = Frame::from("库位".repeat(200));
+        let shared = frame.clone();
+        let mut made = 0;
+        let first = frame.deflated(|_| {
+            // Another connection writes the same message meanwhile: it does not wait.
+            assert!(shared.deflated(|_| unreachable!()).is_none());
+            made += 1;
+            Some(Bytes::from_static(b"deflated"))
+        });
+        assert_eq!(first.map(|b| b.as_ref()), Some(&b"deflated"[..]));
+        let later = shared.deflated(|_| unreachable!());
+        assert_eq!(later.map(|b| b.as_ref()), Some(&b"deflated"[..]));
+        assert_eq!(made, 1);
+        assert!(Frame::from_static("pong")
+            .deflated(|_| unreachable!())
+            .is_none());
     }
 
     #[test]

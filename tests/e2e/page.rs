@@ -8,7 +8,8 @@ use vwed_demo::Demo;
 use vwed_e2e::browser::Browser;
 use vwed_e2e::{location, tokens, BrokerKind, Owner, TestBroker, TestHub};
 use vwed_publisher::{
-    LocationStatus, SceneChange, SceneEvent, StatusAction, Subjects, TaskResult, TaskStatus,
+    LocationStatus, SceneChange, SceneEvent, SceneTip, StatusAction, Subjects, TaskResult,
+    TaskStatus,
 };
 
 /// The page's default realtime interval; a change must show within it.
@@ -241,6 +242,10 @@ async fn demo_changes_recolour_their_cells(browser: &Browser, hub: &TestHub, sce
             .await
             .expect("the demo changes its scenes")
             .expect("the bus is open");
+        // The demo's storage service also tips its scenes (SPEC 3): those are not changes.
+        if serde_json::from_slice::<SceneTip>(&message.payload).is_ok() {
+            continue;
+        }
         let event: SceneEvent = serde_json::from_slice(&message.payload).expect("a scene event");
         let SceneChange::StatusChange { new_status, .. } = event.change else {
             continue;

@@ -32,8 +32,9 @@ pub struct Handshake {
     /// Whether the client offered the subprotocol the hub speaks; browsers that offer any
     /// subprotocol fail the connection unless the answer selects one of them.
     offers_protocol: bool,
-    /// Whether the client offered permessage-deflate in a form the hub accepts.
-    offers_deflate: bool,
+    /// The hub's answer to the client's permessage-deflate offer, if it made one the hub
+    /// accepts.
+    deflate_answer: Option<&'static str>,
     /// Resolves to the socket once hyper has sent the 101 answer.
     on_upgrade: OnUpgrade,
 }
@@ -132,7 +133,7 @@ impl<S: Sync> FromRequestParts<S> for Handshake {
             .iter()
             .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
             .any(|item| item.trim_ascii() == crate::auth::SUBPROTOCOL.as_bytes());
-        let offers_deflate = offer::accepts(
+        let deflate_answer = offer::answer(
             headers
                 .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
                 .iter()
@@ -145,7 +146,7 @@ impl<S: Sync> FromRequestParts<S> for Handshake {
         Ok(Self {
             key,
             offers_protocol,
-            offers_deflate,
+            deflate_answer,
             on_upgrade,
         })
     }
@@ -170,10 +171,11 @@ impl Handshake {
         let Self {
             key,
             offers_protocol,
-            offers_deflate,
+            deflate_answer,
             on_upgrade,
         } = self;
-        let deflate = compress && offers_deflate;
+        let deflate_answer = deflate_answer.filter(|_| compress);
+        let deflate = deflate_answer.is_some();
         // Compressed client frames are held to the same limit as plain ones, inflated.
         let limit = config.max_frame_size.unwrap_or(usize::MAX);
         let life = async move {
@@ -201,10 +203,10 @@ impl Handshake {
                 .headers_mut()
                 .insert(header::SEC_WEBSOCKET_ACCEPT, accept);
         }
-        if deflate {
+        if let Some(answer) = deflate_answer {
             response.headers_mut().insert(
                 header::SEC_WEBSOCKET_EXTENSIONS,
-                HeaderValue::from_static(offer::ACCEPTED),
+                HeaderValue::from_static(answer),
             );
         }
         if offers_protocol {

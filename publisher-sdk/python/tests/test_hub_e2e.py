@@ -7,6 +7,8 @@ import re
 from typing import Any
 
 from harness import TIMESTAMP, Hub, WsClient
+from websockets.asyncio.client import connect
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 from vwed_publisher import (
     LocationStatus,
@@ -315,3 +317,20 @@ async def test_panels_offering_compression_get_the_same_messages_in_a_fraction_o
     texts = [await panel.connection.recv() for panel in (deflating, plain)]
     assert texts[0] == texts[1]
     assert json.loads(texts[0])["new_status"] == wire(status)
+
+
+async def test_an_offer_naming_the_servers_window_is_answered_as_the_rfc_says(
+    hub: Hub, publisher: Publisher
+) -> None:
+    """RFC 7692 7.1.2.1: server_max_window_bits offered is echoed; websockets checks it."""
+    owner = SceneOwner(publisher, location("L-1", "A-01", 1))
+    await publisher.serve_scene_snapshots(owner.snapshot)
+    offer = ClientPerMessageDeflateFactory(server_max_window_bits=15, client_max_window_bits=True)
+    url = f"ws://127.0.0.1:{hub.port}/ws/storage-location/s-1?interval=1"
+    async with connect(url, extensions=[offer], compression=None, open_timeout=5) as connection:
+        assert connection.response is not None
+        agreed = connection.response.headers.get("Sec-WebSocket-Extensions")
+        assert agreed is not None
+        assert "server_max_window_bits=15" in agreed
+        panel = WsClient(connection)
+        assert_scene_update(await panel.recv(), list(owner.locations.values()))

@@ -19,6 +19,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// `websockets` and Node `ws` make too.
 pub const OFFER: &str = "permessage-deflate; client_max_window_bits";
 
+/// The largest message a client inflates: far above any scene's state, and finite, so that a
+/// server gone wrong cannot make it allocate without bound.
+const CLIENT_LIMIT: usize = 256 << 20;
+
 /// A client's socket that inflates the server's compressed frames once the HTTP answer is read.
 pub struct AfterHandshake<S> {
     /// The connection to the hub.
@@ -53,10 +57,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for AfterHandshake<S> {
         let before = buf.filled().len();
         loop {
             if let Some(inbound) = &mut this.inbound {
-                let ready = inbound.output();
-                if !ready.is_empty() {
-                    let take = ready.len().min(buf.remaining());
-                    buf.put_slice(&ready.split_to(take));
+                if inbound.has_output() {
+                    buf.put_slice(&inbound.take(buf.remaining()));
                     return Poll::Ready(Ok(()));
                 }
                 if let Some(fault) = inbound.fault() {
@@ -92,7 +94,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AfterHandshake<S> {
                 if head.ends_with(b"\r\n\r\n") {
                     let text = String::from_utf8_lossy(head).to_ascii_lowercase();
                     if text.contains("sec-websocket-extensions: permessage-deflate") {
-                        this.inbound = Some(Inbound::keeping_inflater(usize::MAX));
+                        this.inbound = Some(Inbound::keeping_inflater(CLIENT_LIMIT));
                     }
                     this.head = None;
                 }

@@ -100,9 +100,21 @@ impl Inbound {
         self.process();
     }
 
-    /// The bytes ready for tungstenite; the caller takes what it wants with `split_to`.
-    pub fn output(&mut self) -> &mut BytesMut {
-        &mut self.output
+    /// Whether bytes are ready for tungstenite.
+    pub fn has_output(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    /// Up to `max` of the bytes ready for tungstenite. Once everything ready is taken, the next
+    /// compressed frame already received is inflated: one at a time, so that a read full of
+    /// tiny frames that each inflate to 64 KiB makes the hub hold one of them, not all.
+    pub fn take(&mut self, max: usize) -> BytesMut {
+        let taken = self.output.split_to(max.min(self.output.len()));
+        if self.output.is_empty() {
+            self.process();
+            self.release_buffers();
+        }
+        taken
     }
 
     /// Why the client's frames cannot be read on, once the output before it is taken.
@@ -113,7 +125,7 @@ impl Inbound {
     /// Frees the buffers once everything taken in has been handed on, so that a connection
     /// between messages (nearly always) holds none: with thousands of panels, a few hundred
     /// bytes each add up.
-    pub fn release_buffers(&mut self) {
+    fn release_buffers(&mut self) {
         if self.input.is_empty() && self.output.is_empty() {
             self.input = BytesMut::new();
             self.output = BytesMut::new();
@@ -153,11 +165,16 @@ impl Inbound {
                 self.passing = (header_length as u64).saturating_add(length);
                 continue;
             }
+            if !self.output.is_empty() {
+                // One inflated frame waits at a time (see `take`).
+                return;
+            }
             if length > self.limit as u64 {
                 self.fault = Some(Fault::TooBig);
                 return;
             }
-            let frame_length = header_length + length as usize;
+            let frame_length =
+                header_length.saturating_add(usize::try_from(length).unwrap_or(usize::MAX));
             if self.input.len() < frame_length {
                 return;
             }
@@ -248,15 +265,10 @@ fn inflate_into(
             return Err(Fault::TooBig);
         }
         match status {
-            // A final deflate block: the message is whole, and anything after it is not
-            // deflate data.
-            Status::StreamEnd => {
-                return if input.is_empty() || input == TAIL {
-                    Ok(())
-                } else {
-                    Err(Fault::NotInflatable)
-                }
-            }
+            // A final deflate block (BFINAL, which section 7.2.3.3 allows a sender to set):
+            // the message is whole. What follows it (the empty block a sender may still flush,
+            // the tail put back) carries nothing, and is let be, as zlib's own readers do.
+            Status::StreamEnd => return Ok(()),
             // All input taken, and room left over: nothing more is coming out of it.
             _ if input.is_empty() && output.len() < output.capacity() => return Ok(()),
             // Room ran out, or the inflater wants more of its input: go round again.
@@ -316,9 +328,18 @@ mod tests {
         bytes
     }
 
+    /// Everything ready for tungstenite, taken as tungstenite would, whatever the size.
+    fn take_all(inbound: &mut Inbound) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        while inbound.has_output() {
+            bytes.extend_from_slice(&inbound.take(usize::MAX));
+        }
+        bytes
+    }
+
     /// The frames tungstenite would read: (final, rsv1, opcode, unmasked payload).
     fn frames_out(inbound: &mut Inbound) -> Vec<(bool, bool, OpCode, Vec<u8>)> {
-        let mut bytes = Cursor::new(inbound.output().split().to_vec());
+        let mut bytes = Cursor::new(take_all(inbound));
         let mut frames = Vec::new();
         while let Some((header, length)) = FrameHeader::parse(&mut bytes).expect("parse") {
             let at = bytes.position() as usize;
@@ -379,7 +400,44 @@ mod tests {
         wire.extend(frame(CONTINUE, true, true, b"x"));
         let mut inbound = Inbound::new(LIMIT);
         inbound.push(&wire);
-        assert_eq!(inbound.output().as_ref(), wire.as_slice());
+        assert_eq!(take_all(&mut inbound), wire);
+    }
+
+    #[test]
+    fn the_rfcs_own_example_with_bfinal_set_inflates() {
+        // RFC 7692 section 7.2.3.3: "Hello" in a final block, then an empty stored block.
+        let mut inbound = Inbound::new(LIMIT);
+        let payload = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00];
+        inbound.push(&frame(TEXT, true, true, &payload));
+        assert_eq!(
+            frames_out(&mut inbound),
+            [(true, false, TEXT, b"Hello".to_vec())]
+        );
+        assert_eq!(inbound.fault(), None);
+    }
+
+    #[test]
+    fn many_bombs_in_one_read_are_inflated_one_at_a_time() {
+        // Found in review: 40 frames of about 90 bytes, each 64 KiB once inflated, fit in one
+        // read; inflated all at once they would be 2.5 MiB held for one client.
+        let bomb = frame(TEXT, true, true, &deflated(&[b' '; LIMIT]));
+        let wire: Vec<u8> = std::iter::repeat_n(bomb, 40).flatten().collect();
+        assert!(wire.len() < 4096);
+        let mut inbound = Inbound::new(LIMIT);
+        inbound.push(&wire);
+        let mut messages = 0;
+        while inbound.has_output() {
+            assert!(
+                inbound.output.len() <= LIMIT + 14,
+                "more than one frame held"
+            );
+            let taken = inbound.take(usize::MAX);
+            if taken.len() > LIMIT {
+                messages += 1;
+            }
+        }
+        assert_eq!(messages, 40);
+        assert_eq!(inbound.fault(), None);
     }
 
     #[test]
@@ -391,7 +449,7 @@ mod tests {
             wire.extend_from_slice(&[1, 2, 3, 4, 5]);
             let mut inbound = Inbound::new(LIMIT);
             inbound.push(&wire);
-            assert_eq!(inbound.output().as_ref(), wire.as_slice());
+            assert_eq!(take_all(&mut inbound), wire);
             assert_eq!(inbound.fault(), None);
         }
     }
@@ -405,10 +463,8 @@ mod tests {
         let mut inbound = Inbound::new(LIMIT);
         inbound.push(&wire);
         assert_eq!(inbound.fault(), None, "the ping is still to be read");
-        assert_eq!(
-            frames_out(&mut inbound),
-            [(true, false, TEXT, b"ping".to_vec())]
-        );
+        let ping = inbound.take(usize::MAX);
+        assert_eq!(ping.as_ref(), frame(TEXT, false, true, b"ping").as_slice());
         assert_eq!(inbound.fault(), Some(Fault::TooBig));
         // Exactly at the limit is fine.
         let mut inbound = Inbound::new(LIMIT);
@@ -426,9 +482,9 @@ mod tests {
         let mut inbound = Inbound::new(LIMIT);
         inbound.push(&wire);
         // Each half fits on its own; the first comes out, the second is one too many.
-        let out = frames_out(&mut inbound);
-        assert_eq!(out.len(), 1);
-        assert!(!out[0].0 && out[0].3.len() < LIMIT);
+        let first = inbound.take(usize::MAX);
+        assert!(first.len() > LIMIT / 4 && first.len() < LIMIT);
+        assert!(!inbound.has_output());
         assert_eq!(inbound.fault(), Some(Fault::TooBig));
     }
 
@@ -450,7 +506,7 @@ mod tests {
 
     #[test]
     fn data_that_does_not_inflate_is_a_fault_of_its_own() {
-        for garbage in [&[0xff_u8, 0xff, 0xff, 0xff][..], b"\x03\x00trailing"] {
+        for garbage in [&[0xff_u8, 0xff, 0xff, 0xff][..], b"\x02\x00\xff\xff\xff"] {
             let mut inbound = Inbound::new(LIMIT);
             inbound.push(&frame(TEXT, true, true, garbage));
             assert_eq!(inbound.fault(), Some(Fault::NotInflatable), "{garbage:?}");

@@ -73,6 +73,8 @@ pub fn deflate(text: &[u8], level: u32) -> Option<Bytes> {
             out.reserve(out.capacity().max(1024));
         }
         out.truncate(out.len().checked_sub(TAIL.len())?);
+        // Kept as long as the message is queued anywhere: only what it needs.
+        out.shrink_to_fit();
         (out.len() < text.len()).then(|| Bytes::from(out))
     })
 }

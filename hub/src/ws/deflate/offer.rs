@@ -21,19 +21,39 @@ const NAME: &str = "permessage-deflate";
 pub const ACCEPTED: &str =
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
-/// Whether any offer in these `Sec-WebSocket-Extensions` header values is one the hub accepts
-/// (answered with [`ACCEPTED`]). Offers of other extensions are ignored; a malformed offer of
-/// this one is declined, as section 5 requires, and the next is looked at.
-pub fn accepts<'a>(header_values: impl IntoIterator<Item = &'a [u8]>) -> bool {
+/// The answer to an offer that named `server_max_window_bits=15`, which section 7.1.2.1 has
+/// the server echo: Python `websockets` fails the handshake without it.
+pub const ACCEPTED_WITH_SERVER_WINDOW: &str = "permessage-deflate; server_no_context_takeover; \
+     client_no_context_takeover; server_max_window_bits=15";
+
+/// The hub's answer to the first offer in these `Sec-WebSocket-Extensions` header values that
+/// it accepts, or `None`. Offers of other extensions are ignored; a malformed offer of this one
+/// is declined, as section 5 requires, and the next is looked at.
+pub fn answer<'a>(header_values: impl IntoIterator<Item = &'a [u8]>) -> Option<&'static str> {
     header_values
         .into_iter()
         .filter_map(|value| std::str::from_utf8(value).ok())
         .flat_map(|value| split_outside_quotes(value, ','))
-        .any(acceptable)
+        .find_map(answer_to)
 }
 
-/// Whether one offer (`name; param; param=value`) is permessage-deflate in a configuration
-/// the hub supports.
+/// The answer to one offer (`name; param; param=value`), if it is permessage-deflate in a
+/// configuration the hub supports.
+fn answer_to(offer: &str) -> Option<&'static str> {
+    acceptable(offer).then(|| {
+        let names_server_window = split_outside_quotes(offer, ';').skip(1).any(|part| {
+            let name = part.split('=').next().unwrap_or_default().trim();
+            Param::named(name) == Some(Param::ServerMaxWindowBits)
+        });
+        if names_server_window {
+            ACCEPTED_WITH_SERVER_WINDOW
+        } else {
+            ACCEPTED
+        }
+    })
+}
+
+/// Whether one offer is permessage-deflate in a configuration the hub supports.
 fn acceptable(offer: &str) -> bool {
     let mut parts = split_outside_quotes(offer, ';').map(str::trim);
     if !parts
@@ -142,7 +162,28 @@ mod tests {
     use super::*;
 
     fn offered(values: &[&str]) -> bool {
-        accepts(values.iter().map(|value| value.as_bytes()))
+        answered(values).is_some()
+    }
+
+    fn answered(values: &[&str]) -> Option<&'static str> {
+        answer(values.iter().map(|value| value.as_bytes()))
+    }
+
+    #[test]
+    fn an_offer_naming_the_servers_window_gets_it_echoed() {
+        assert_eq!(
+            answered(&["permessage-deflate; server_max_window_bits=15"]),
+            Some(ACCEPTED_WITH_SERVER_WINDOW)
+        );
+        assert_eq!(
+            answered(&["permessage-deflate; client_max_window_bits"]),
+            Some(ACCEPTED)
+        );
+        // The answer belongs to the offer taken, not to one declined before it.
+        assert_eq!(
+            answered(&["permessage-deflate; server_max_window_bits=9, permessage-deflate"]),
+            Some(ACCEPTED)
+        );
     }
 
     #[test]

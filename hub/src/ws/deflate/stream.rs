@@ -47,11 +47,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
             return Pin::new(inner).poll_read(cx, buf);
         };
         loop {
-            let ready = inbound.output();
-            if !ready.is_empty() {
-                let take = ready.len().min(buf.remaining());
-                buf.put_slice(&ready.split_to(take));
-                inbound.release_buffers();
+            if inbound.has_output() {
+                buf.put_slice(&inbound.take(buf.remaining()));
                 return Poll::Ready(Ok(()));
             }
             if let Some(fault) = inbound.fault() {
