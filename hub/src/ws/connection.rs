@@ -287,15 +287,18 @@ pub async fn serve(
         .clone();
     gauge.inc();
     let started = Instant::now();
-    let compression = settings
-        .compression
-        .filter(|_| socket.get_ref().negotiated());
-    tracing::info!(endpoint, key = %watch.id, %peer, compressed = compression.is_some(), "connection opened");
+    // Told apart in the log; kept only in the connection (a local here would take room in
+    // every connection's task for as long as it lives).
+    tracing::info!(endpoint, key = %watch.id, %peer, compressed = socket.get_ref().negotiated(), "connection opened");
 
     let drain = Drain::new(&shutdown, settings.drain_spread);
     let budget = MessageBudget::new(&settings);
     let period = settings.ping_interval;
     let mut connection = Connection {
+        // First, while the socket and the settings are still here to ask.
+        compression: settings
+            .compression
+            .filter(|_| socket.get_ref().negotiated()),
         socket,
         give_up: inbox.give_up_signal(),
         inbox,
@@ -312,7 +315,6 @@ pub async fn serve(
         woken_by_clocks: WakeSource::new(),
         budget,
         client_close: None,
-        compression,
         sent: metrics.sent_bytes(watch.endpoint.segment()),
     };
     let ending = connection.run().await;
@@ -631,6 +633,22 @@ impl Connection {
 
     /// Writes `first` and whatever else is queued, then flushes once.
     async fn write_batch(&mut self, first: Frame) -> Result<(), Ending> {
+        self.write_frames(first, MAX_BATCH).await
+    }
+
+    /// Writes one message of the hub's own (an `error`, a `pong`), plain: they are short, and
+    /// going through [`feed`] here too would put its state into the connection's task at
+    /// every place this is awaited (800 bytes more per connection, measured).
+    fn write_text(&mut self, frame: Frame) -> impl Future<Output = Result<(), Ending>> + '_ {
+        let length = frame.len() as u64;
+        self.sent.message.inc_by(length);
+        self.sent.wire.inc_by(length);
+        // Not async itself: the task then holds only the write's own state at each await.
+        self.write(Message::Text(frame.text().clone()))
+    }
+
+    /// Writes `first` and, up to `most` frames in all, what else is queued; then flushes.
+    async fn write_frames(&mut self, first: Frame, most: usize) -> Result<(), Ending> {
         let Self {
             socket,
             inbox,
@@ -643,33 +661,19 @@ impl Connection {
             ..
         } = self;
         let write = async {
-            let mut bytes = feed(socket, first, *compression, sent).await?;
-            for _ in 1..MAX_BATCH {
-                if bytes >= MAX_BATCH_BYTES {
-                    break;
+            // One place that awaits a frame's writing, so that the task holds the state of one.
+            let (mut next, mut bytes, mut count) = (Some(first), 0, 0);
+            while let Some(frame) = next.take() {
+                let (fragments, written) = frames_of(frame, *compression, sent);
+                for message in fragments {
+                    socket.feed(message).await?;
                 }
-                let Some(frame) = inbox.try_next() else { break };
-                bytes += feed(socket, frame, *compression, sent).await?;
+                bytes += written;
+                count += 1;
+                if count < most && bytes < MAX_BATCH_BYTES {
+                    next = inbox.try_next();
+                }
             }
-            socket.flush().await
-        };
-        guarded(write, settings, metrics, drain, give_up).await
-    }
-
-    /// Writes one message of the hub's own (an `error`, a `pong`) and flushes.
-    async fn write_text(&mut self, frame: Frame) -> Result<(), Ending> {
-        let Self {
-            socket,
-            give_up,
-            settings,
-            metrics,
-            drain,
-            compression,
-            sent,
-            ..
-        } = self;
-        let write = async {
-            feed(socket, frame, *compression, sent).await?;
             socket.flush().await
         };
         guarded(write, settings, metrics, drain, give_up).await
@@ -688,14 +692,15 @@ impl Connection {
     }
 }
 
-/// Queues one message for the socket, a long one as several frames (see [`Fragments`]),
-/// deflated when the client negotiated it and the message is long enough; the bytes queued.
-async fn feed(
-    socket: &mut WebSocket,
+/// The frames of one message (a long one as several, see [`Fragments`]), deflated when the
+/// client negotiated it and the message is long enough, and their payload's length; counted.
+/// Not async: nothing of it is held while the frames are written, which keeps every
+/// connection's task small.
+fn frames_of(
     frame: Frame,
     compression: Option<Compression>,
     sent: &SentBytes,
-) -> Result<usize, tungstenite::Error> {
+) -> (Fragments, usize) {
     let deflated = compression
         .filter(|compression| frame.len() >= compression.threshold)
         .and_then(|compression| frame.deflated(|text| deflate::deflate(text, compression.level)));
@@ -705,10 +710,7 @@ async fn feed(
     };
     sent.message.inc_by(frame.len() as u64);
     sent.wire.inc_by(written as u64);
-    for message in fragments {
-        socket.feed(message).await?;
-    }
-    Ok(written)
+    (fragments, written)
 }
 
 /// Runs a socket write, bounded by the write timeout, and abandons it when the connection's
