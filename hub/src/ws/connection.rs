@@ -287,8 +287,6 @@ pub async fn serve(
         .clone();
     gauge.inc();
     let started = Instant::now();
-    // Told apart in the log; kept only in the connection (a local here would take room in
-    // every connection's task for as long as it lives).
     tracing::info!(endpoint, key = %watch.id, %peer, compressed = socket.get_ref().negotiated(), "connection opened");
 
     let drain = Drain::new(&shutdown, settings.drain_spread);
@@ -636,9 +634,9 @@ impl Connection {
         self.write_frames(first, MAX_BATCH).await
     }
 
-    /// Writes one message of the hub's own (an `error`, a `pong`), plain: they are short, and
-    /// going through [`feed`] here too would put its state into the connection's task at
-    /// every place this is awaited (800 bytes more per connection, measured).
+    /// Writes one message of the hub's own (an `error`, a `pong`), plain: they are short (RFC
+    /// 7692 lets each message choose), and writing them as [`Connection::write_frames`] does
+    /// would put its state into the connection's task at every place this is awaited.
     fn write_text(&mut self, frame: Frame) -> impl Future<Output = Result<(), Ending>> + '_ {
         let length = frame.len() as u64;
         self.sent.message.inc_by(length);
