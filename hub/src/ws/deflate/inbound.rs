@@ -2,7 +2,7 @@
 //!
 //! tungstenite knows no extensions: it fails any frame with a reserved bit set. So the bytes a
 //! client sends pass through [`Inbound`] first, a state machine with no I/O of its own (the
-//! stream around it is [`super::stream`]). Frames of a compressed message (the first with RSV1,
+//! stream around it is [`super::Inflating`]). Frames of a compressed message (the first with RSV1,
 //! its continuations) come out as the same frames with RSV1 clear and the payload inflated;
 //! every other frame goes through untouched, so tungstenite still judges everything else
 //! exactly as before, RSV1 where it has no meaning (a control frame, a continuation) included.
