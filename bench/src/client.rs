@@ -16,7 +16,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use vwed_hub::ws::deflate::client::{AfterHandshake, OFFER};
+use vwed_hub::ws::deflate::offer::OFFER;
+use vwed_hub::ws::deflate::Inflating;
 
 use crate::stamp;
 use crate::target::TargetKind;
@@ -192,7 +193,7 @@ pub struct Dial {
 }
 
 /// A connected WebSocket, which inflates compressed messages when it negotiated compression.
-pub type Ws = WebSocketStream<AfterHandshake<TcpStream>>;
+pub type Ws = WebSocketStream<Inflating<TcpStream>>;
 
 /// Opens the TCP connection from the chosen source address and does the WebSocket handshake.
 pub async fn open(dial: &Dial, path: &str) -> anyhow::Result<Ws> {
@@ -216,7 +217,7 @@ pub async fn open(dial: &Dial, path: &str) -> anyhow::Result<Ws> {
             .headers_mut()
             .insert("sec-websocket-extensions", HeaderValue::from_static(OFFER));
     }
-    let stream = AfterHandshake::new(stream);
+    let stream = Inflating::after_http_answer(stream);
     let (ws, _) =
         tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
     Ok(ws)

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use vwed_e2e::{
     location, tokens, BrokerKind, Client, Owner, Received, TestBroker, TestHub, PATIENCE,
 };
-use vwed_hub::ws::deflate::client::OFFER;
+use vwed_hub::ws::deflate::offer::OFFER;
 use vwed_hub::ws::Endpoint;
 use vwed_publisher::{TaskResult, TaskStatus};
 

@@ -11,12 +11,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use vwed_hub::ws::deflate::client::{AfterHandshake, OFFER};
+use vwed_hub::ws::deflate::offer::OFFER;
+use vwed_hub::ws::deflate::Inflating;
 
 use crate::{TestHub, PATIENCE};
 
 /// A test client's socket: compressed messages inflated, when it negotiated compression.
-type Socket = WebSocketStream<AfterHandshake<MaybeTlsStream<TcpStream>>>;
+type Socket = WebSocketStream<Inflating<MaybeTlsStream<TcpStream>>>;
 
 /// Whether the test clients offer permessage-deflate: `VWED_E2E_DEFLATE=1` runs every test
 /// with clients that negotiate compression (`.ci/test` runs the behaviour suites both ways).
@@ -46,7 +47,7 @@ async fn handshake_offering(
         );
     }
     let (ws, response) =
-        tokio_tungstenite::client_async(request, AfterHandshake::new(stream)).await?;
+        tokio_tungstenite::client_async(request, Inflating::after_http_answer(stream)).await?;
     if offer {
         let agreed = response
             .headers()

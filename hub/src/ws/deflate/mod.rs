@@ -9,7 +9,6 @@
 //! keeps a compressor or an inflater, so an idle one costs what it cost without the extension.
 //! Client messages that arrive compressed are inflated in [`inbound`] on their way in.
 
-pub mod client;
 pub mod inbound;
 pub mod offer;
 mod stream;

@@ -17,6 +17,10 @@
 /// The extension's name in `Sec-WebSocket-Extensions`.
 const NAME: &str = "permessage-deflate";
 
+/// What a Rust client of the hub offers (the tests, the load generator): Chromium's offer,
+/// which Python `websockets` and Node `ws` make too.
+pub const OFFER: &str = "permessage-deflate; client_max_window_bits";
+
 /// The hub's answer to an offer it accepts.
 pub const ACCEPTED: &str =
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
