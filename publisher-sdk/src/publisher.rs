@@ -11,8 +11,8 @@ use crate::rev::HybridClock;
 use crate::subject::{validate_id, Subjects};
 use crate::tips::{Tipper, DEFAULT_TIP_INTERVAL, DEFAULT_TIP_WINDOW};
 use crate::wire::{
-    timestamp_now, LocationStatus, SceneChange, SceneEvent, StatusAction, StorageLocation,
-    TaskChange, TaskEvent, TaskResult,
+    timestamp_now, LocationStatus, SceneChange, SceneEvent, SceneTip, StatusAction,
+    StorageLocation, TaskChange, TaskEvent, TaskResult, TaskTip,
 };
 use crate::Error;
 
@@ -168,6 +168,40 @@ impl Publisher {
     pub async fn remove_locations(&self, scene_id: &str, ids: Vec<String>) -> Result<u64, Error> {
         self.scene_change(scene_id, SceneChange::Remove { ids })
             .await
+    }
+
+    /// Announces a fresh clock rev for the task with a tip and no event: every hub that holds
+    /// the task below it takes a fresh snapshot (SPEC section 3, "Tips"). For owners whose state
+    /// changed in a way no event describes: changes made while the owner was not running, or a
+    /// result that arrived out of order. The key is tipped again with the others for the tip
+    /// window. Returns the rev.
+    pub async fn tip_task(&self, task_record_id: &str) -> Result<u64, Error> {
+        validate_id(task_record_id).map_err(Error::InvalidId)?;
+        let _in_order = self.in_rev_order.lock().await;
+        let tip = TaskTip {
+            task_record_id: task_record_id.to_owned(),
+            rev: self.next_rev(),
+        };
+        let subject = self.subjects.task_events(task_record_id);
+        self.publish_json(subject.clone(), &tip).await?;
+        self.tipper
+            .published(&self.link, &subject, true, task_record_id, tip.rev);
+        Ok(tip.rev)
+    }
+
+    /// [`tip_task`](Self::tip_task) for a scene.
+    pub async fn tip_scene(&self, scene_id: &str) -> Result<u64, Error> {
+        validate_id(scene_id).map_err(Error::InvalidId)?;
+        let _in_order = self.in_rev_order.lock().await;
+        let tip = SceneTip {
+            scene_id: scene_id.to_owned(),
+            rev: self.next_rev(),
+        };
+        let subject = self.subjects.scene_events(scene_id);
+        self.publish_json(subject.clone(), &tip).await?;
+        self.tipper
+            .published(&self.link, &subject, false, scene_id, tip.rev);
+        Ok(tip.rev)
     }
 
     /// Waits until everything published so far has been written to the NATS server.
@@ -362,5 +396,53 @@ mod tests {
         // Every 50 ms for the 400 ms window, then none.
         assert!((4..=10).contains(&tips), "{tips} tips");
         drop(publisher);
+    }
+
+    /// A tip without an event carries a fresh rev above every rev published before it, on the
+    /// key's event subject, so every hub below it re-snapshots; the next event goes above it.
+    #[tokio::test]
+    async fn a_key_can_be_tipped_without_an_event() {
+        let bus = MemoryBus::new();
+        let mut tasks = bus.subscribe("vwed.task.*.execution");
+        let mut scenes = bus.subscribe("vwed.scene.*.storage");
+        let publisher = Publisher::in_process(bus.clone()).with_tips(None, DEFAULT_TIP_WINDOW);
+        let result = TaskResult::now("[取货] 开始", TaskStatus::Running);
+        let appended = publisher
+            .append_task_results("t-1", 0, vec![result.clone()])
+            .await
+            .expect("publish");
+        let task_tip = publisher.tip_task("t-1").await.expect("tip");
+        let scene_tip = publisher.tip_scene("s 1").await.expect("tip");
+        let next = publisher
+            .append_task_results("t-1", 1, vec![result])
+            .await
+            .expect("publish");
+        assert!(appended < task_tip && task_tip < scene_tip && scene_tip < next);
+
+        let mut task_payloads = Vec::new();
+        for _ in 0..3 {
+            let message = tokio::time::timeout(Duration::from_secs(5), tasks.next())
+                .await
+                .expect("arrives")
+                .expect("open");
+            task_payloads.push(String::from_utf8(message.payload.to_vec()).unwrap());
+        }
+        assert_eq!(
+            task_payloads[1],
+            format!(r#"{{"task_record_id":"t-1","rev":{task_tip},"op":"tip"}}"#)
+        );
+        let scene = tokio::time::timeout(Duration::from_secs(5), scenes.next())
+            .await
+            .expect("arrives")
+            .expect("open");
+        assert_eq!(scene.subject, "vwed.scene.~cyAx.storage");
+        assert_eq!(
+            std::str::from_utf8(&scene.payload).unwrap(),
+            format!(r#"{{"scene_id":"s 1","rev":{scene_tip},"kind":"tip"}}"#)
+        );
+        assert!(matches!(
+            publisher.tip_scene("").await,
+            Err(Error::InvalidId(_))
+        ));
     }
 }

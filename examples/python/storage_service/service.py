@@ -28,6 +28,7 @@ from vwed_publisher import (
     StatusAction,
     StatusChange,
     StorageLocation,
+    derive_action,
     timestamp_now,
 )
 
@@ -45,35 +46,12 @@ STATUS_FIELDS = (
 )
 """The fields a status change may set."""
 
-FLAG_ACTIONS = {
-    "is_occupied": (StatusAction.OCCUPY, StatusAction.RELEASE),
-    "is_locked": (StatusAction.LOCK, StatusAction.UNLOCK),
-    "is_disabled": (StatusAction.DISABLE, StatusAction.ENABLE),
-    "is_empty_tray": (StatusAction.SET_EMPTY_TRAY, StatusAction.CLEAR_EMPTY_TRAY),
-}
-"""Each flag, with the action that names setting it and the one that names clearing it."""
-
-
 class NotFound(LookupError):
     """The scene or the location does not exist."""
 
 
 class Invalid(ValueError):
     """The request contradicts itself (a record of another scene, an id given twice)."""
-
-
-def derive_action(before: StorageLocation, after: StorageLocation) -> StatusAction:
-    """The action that names a status change: the flag that flipped, else ``UPDATE``.
-
-    Exactly one flag changed: its action (``is_locked`` set: ``LOCK``, cleared: ``UNLOCK``,
-    and so on; ``locked_by`` or ``goods_content`` may change along with it). No flag, or more
-    than one, changed: ``UPDATE``. Panels read the absolute values in ``new_status`` either way.
-    """
-    flipped = [flag for flag in FLAG_ACTIONS if getattr(before, flag) != getattr(after, flag)]
-    if len(flipped) != 1:
-        return StatusAction.UPDATE
-    set_action, clear_action = FLAG_ACTIONS[flipped[0]]
-    return set_action if getattr(after, flipped[0]) else clear_action
 
 
 class StorageService:

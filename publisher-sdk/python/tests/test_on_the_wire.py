@@ -23,6 +23,7 @@ from vwed_publisher import (
     TaskAppend,
     TaskResult,
     TaskStatus,
+    derive_action,
 )
 from vwed_publisher.responder import flush_through
 
@@ -193,6 +194,59 @@ async def test_tips_name_each_recent_keys_latest_rev_and_stop_after_the_window(
     count = len(wire.messages)
     await asyncio.sleep(0.6)
     assert len(wire.messages) == count
+
+
+async def test_a_key_can_be_tipped_without_an_event(nats_server: NatsServer, nc: Client) -> None:
+    # For state that changed while no event could describe it: the tip's fresh rev is above
+    # every rev before it, so each hub below it re-snapshots; the next event goes above it.
+    wire = await record(nc, ">")
+    publisher = await Publisher.connect(nats_server.url, tip_interval=None)
+    appended = await publisher.append_task_results("t-1", 0, [running("a")])
+    task_tip = await publisher.tip_task("t-1")
+    scene_tip = await publisher.tip_scene("场景 1")
+    after = await publisher.append_task_results("t-1", 1, [running("b")])
+    assert appended < task_tip < scene_tip < after
+    with pytest.raises(ValueError, match="empty"):
+        await publisher.tip_scene("")
+    await publisher.flush()
+    await wire.wait_for(4)
+    assert wire.payloads("vwed.task.t-1.execution", op="tip") == [
+        {"task_record_id": "t-1", "rev": task_tip, "op": "tip"}
+    ]
+    assert [p["rev"] for p in wire.payloads("vwed.task.t-1.execution")] == [
+        appended,
+        task_tip,
+        after,
+    ]
+    assert wire.payloads("vwed.scene.~5Zy65pmvIDE.storage") == [
+        {"scene_id": "场景 1", "rev": scene_tip, "kind": "tip"}
+    ]
+    await publisher.close()
+
+
+def test_the_action_names_the_one_flag_that_flipped() -> None:
+    free = LocationStatus(
+        id="L", is_occupied=False, is_locked=False, is_disabled=False, is_empty_tray=False
+    )
+
+    def changed(**fields: Any) -> LocationStatus:
+        return LocationStatus(**{**free.__dict__, **fields})
+
+    cases = [
+        (free, changed(is_occupied=True), StatusAction.OCCUPY),
+        (changed(is_occupied=True), free, StatusAction.RELEASE),
+        (free, changed(is_locked=True, locked_by="task-1"), StatusAction.LOCK),
+        (changed(is_locked=True), free, StatusAction.UNLOCK),
+        (free, changed(is_disabled=True), StatusAction.DISABLE),
+        (changed(is_disabled=True), free, StatusAction.ENABLE),
+        (free, changed(is_empty_tray=True), StatusAction.SET_EMPTY_TRAY),
+        (changed(is_empty_tray=True), free, StatusAction.CLEAR_EMPTY_TRAY),
+        (free, changed(goods_content="托盘"), StatusAction.UPDATE),
+        (free, changed(is_occupied=True, is_locked=True), StatusAction.UPDATE),
+        (free, free, StatusAction.UPDATE),
+    ]
+    for before, after, action in cases:
+        assert derive_action(before, after) is action, (before, after)
 
 
 async def test_every_recent_key_is_tipped_at_once_after_nats_comes_back(

@@ -36,6 +36,7 @@ from .wire import (
     TaskResult,
     TaskSnapshot,
     TaskStatus,
+    derive_action,
     format_timestamp,
     timestamp_now,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "TaskSnapshotHandler",
     "TaskStatus",
     "decode_key",
+    "derive_action",
     "encode_key",
     "format_timestamp",
     "timestamp_now",

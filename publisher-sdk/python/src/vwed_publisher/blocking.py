@@ -218,6 +218,14 @@ class BlockingPublisher:
         """Publish the removal of locations by id; return the rev."""
         return self._run(self._publisher.remove_locations(scene_id, ids))
 
+    def tip_task(self, task_record_id: str) -> int:
+        """:meth:`Publisher.tip_task`, waiting for it."""
+        return self._run(self._publisher.tip_task(task_record_id))
+
+    def tip_scene(self, scene_id: str) -> int:
+        """:meth:`Publisher.tip_scene`, waiting for it."""
+        return self._run(self._publisher.tip_scene(scene_id))
+
     def serve_task_snapshots(
         self, handler: TaskSnapshotHandler
     ) -> BlockingSnapshotResponder[TaskSnapshot]:

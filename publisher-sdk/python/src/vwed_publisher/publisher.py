@@ -40,6 +40,8 @@ from .wire import (
     TaskResult,
     TaskSnapshot,
     listed,
+    scene_tip_json,
+    task_tip_json,
     timestamp_now,
     to_json,
 )
@@ -280,6 +282,29 @@ class Publisher:
         # a tip loop started now would outlive the publisher.
         if self._tipper is None and not self._closed:
             self._tipper = asyncio.create_task(self._tip_loop(self._tip_interval))
+
+    async def tip_task(self, task_record_id: str) -> int:
+        """Announce a fresh rev for the task with a tip and no event; return the rev.
+
+        Every hub that holds the task below it takes a fresh snapshot (SPEC section 3, "Tips").
+        For owners whose state changed in a way no event describes: changes made while the
+        owner was not running, or a result that arrived out of order. The key is then tipped
+        with the others for the tip window.
+        """
+        subject = self._subjects.task_events(task_record_id)
+        async with self._in_rev_order:
+            rev = self._clock.next()
+            payload = task_tip_json(task_record_id, rev)
+            await self._send(subject, True, task_record_id, rev, payload)
+        return rev
+
+    async def tip_scene(self, scene_id: str) -> int:
+        """:meth:`tip_task` for a scene."""
+        subject = self._subjects.scene_events(scene_id)
+        async with self._in_rev_order:
+            rev = self._clock.next()
+            await self._send(subject, False, scene_id, rev, scene_tip_json(scene_id, rev))
+        return rev
 
     # --- tips ----------------------------------------------------------------------------------
 

@@ -402,6 +402,31 @@ class StorageLocation:
         return dict(zip(_LOCATION_FIELDS, _location_values(self), strict=True))
 
 
+_FLAG_ACTIONS = {
+    "is_occupied": (StatusAction.OCCUPY, StatusAction.RELEASE),
+    "is_locked": (StatusAction.LOCK, StatusAction.UNLOCK),
+    "is_disabled": (StatusAction.DISABLE, StatusAction.ENABLE),
+    "is_empty_tray": (StatusAction.SET_EMPTY_TRAY, StatusAction.CLEAR_EMPTY_TRAY),
+}
+"""Each flag, with the action that names setting it and the one that names clearing it."""
+
+
+def derive_action(
+    before: LocationStatus | StorageLocation, after: LocationStatus | StorageLocation
+) -> StatusAction:
+    """The action that names a status change from ``before`` to ``after``.
+
+    Exactly one flag changed: its action (``is_locked`` set: ``LOCK``, cleared: ``UNLOCK``,
+    and so on; ``locked_by`` or ``goods_content`` may change along with it). No flag, or more
+    than one, changed: ``UPDATE``. Panels read the absolute values in ``new_status`` either way.
+    """
+    flipped = [flag for flag in _FLAG_ACTIONS if getattr(before, flag) != getattr(after, flag)]
+    if len(flipped) != 1:
+        return StatusAction.UPDATE
+    set_action, clear_action = _FLAG_ACTIONS[flipped[0]]
+    return set_action if getattr(after, flipped[0]) else clear_action
+
+
 # --- events ------------------------------------------------------------------------------------
 
 
