@@ -46,6 +46,7 @@ STATUS_FIELDS = (
 )
 """The fields a status change may set."""
 
+
 class NotFound(LookupError):
     """The scene or the location does not exist."""
 
