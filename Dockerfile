@@ -14,6 +14,11 @@
 # Rust >= 1.89 is needed by the locked dependencies (async-nats); 1.95 is the toolchain CI uses.
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
+# Where the two binaries come from: `builder` (the default) compiles them in the Rust image
+# below. Any other value names an image holding /out/vwed-hub and /out/vwed-demo, built on the
+# same Debian release; .ci/compose-smoke passes one on machines that can pull no Rust image, so
+# that the runtime stage it tests is the one users get.
+ARG BINARIES=builder
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS builder
 WORKDIR /src
@@ -30,6 +35,10 @@ RUN --mount=type=cache,id=vwed-cargo-registry,target=/usr/local/cargo/registry,s
     cargo build --release --locked -p vwed-hub -p vwed-demo \
     && install -D -m 0755 -t /out target/release/vwed-hub target/release/vwed-demo
 
+# The stage the runtime copies from: the builder above, or the image named by BINARIES (then
+# the builder is never run: BuildKit and buildah skip stages the target does not use).
+FROM ${BINARIES} AS binaries
+
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # ca-certificates: async-nats reads the system roots for tls:// NATS URLs. Nothing else: the
 # page, CSS and JavaScript are compiled into the binary. Not pinned (DL3008): Debian stable
@@ -43,7 +52,7 @@ RUN apt-get update \
 RUN groupadd --system --gid 10001 vwed \
     && useradd --system --uid 10001 --gid vwed --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin vwed
-COPY --from=builder /out/vwed-hub /out/vwed-demo /usr/local/bin/
+COPY --from=binaries /out/vwed-hub /out/vwed-demo /usr/local/bin/
 USER 10001:10001
 
 # Listen on every interface inside the container; logs as JSON lines for collectors.
