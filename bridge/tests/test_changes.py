@@ -16,10 +16,11 @@ from vwed_bridge.changes import (
     StatusChanged,
     TaskCursor,
     Upserted,
+    chunks_by_size,
 )
 
 
-def loc(id: str, scene: str = "s-1", changed_at: int = 1, **fields: Any) -> Seen:
+def loc(id: str, scene: str = "s-1", changed_at: Any = 1, **fields: Any) -> Seen:
     location = StorageLocation(
         id=id,
         layer_index=1,
@@ -143,3 +144,37 @@ def test_a_huge_jump_of_ids_keeps_a_bounded_number_of_gaps() -> None:
     cursor.commit(cursor.plan([row(5_000_000, "a", 0)], now=1.0))
     assert len(cursor.gaps) == TaskCursor.MAX_GAPS
     assert min(cursor.gaps) == 5_000_000 - TaskCursor.MAX_GAPS
+
+
+def test_a_gap_filled_after_a_restart_still_reorders_its_task() -> None:
+    # The state file kept the cursor and the gap, but nothing of which task had which ids.
+    cursor = TaskCursor(12, [11])
+    assert cursor.open_gaps(5.0) == [11]
+    plan = cursor.plan([row(11, "a", 0)], now=6.0)
+    assert plan.changes == [Appended("a", 0, [result("r11")]), Reordered("a")]
+
+
+def test_a_row_stamped_in_the_future_does_not_carry_the_cursor_past_the_clock() -> None:
+    mirror = LocationMirror()
+    mirror.load([loc("L-1", changed_at=10)])
+    mirror.ceiling = 20
+    (change,) = mirror.plan([loc("L-1", changed_at=2099, is_occupied=True)], now="NOW")
+    mirror.published(change)
+    assert mirror.cursor == 20
+
+
+def test_a_cursor_value_of_another_type_is_published_but_moves_nothing() -> None:
+    mirror = LocationMirror()
+    mirror.load([loc("L-1", changed_at=10)])
+    (change,) = mirror.plan([loc("L-1", changed_at="0000-00-00", is_occupied=True)], now="NOW")
+    mirror.published(change)
+    assert mirror.cursor == 10
+    assert mirror.scene("s-1")[0].is_occupied
+
+
+def test_records_are_split_by_size_and_one_too_large_is_left_out() -> None:
+    assert chunks_by_size([], 10) == ([], [])
+    assert chunks_by_size([4, 4, 4], 10) == ([(0, 2), (2, 3)], [])
+    assert chunks_by_size([4, 11, 4, 4, 4], 10) == ([(0, 1), (2, 4), (4, 5)], [1])
+    assert chunks_by_size([11], 10) == ([], [0])
+    assert chunks_by_size([10, 10], 10) == ([(0, 1), (1, 2)], [])

@@ -38,7 +38,7 @@ def test_every_statement_compiles_for_each_database(dialect: Any) -> None:
         locations.scene("s"),
         tasks.after(5, [3, 4], 100),
         tasks.highest_id(),
-        tasks.tasks_since(1),
+        tasks.ids_since(1),
         tasks.task("t"),
     ]
     for statement in statements:

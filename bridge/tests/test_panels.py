@@ -6,7 +6,6 @@ as a separate process, a real nats-server and the real hub.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -258,18 +257,50 @@ async def test_rows_the_api_cannot_carry_are_skipped_and_the_rest_flows(
     site: Site, nats_server: NatsServer, hub: Hub, tmp_path: Path
 ) -> None:
     await site.add_result("task-1", "[取货] 开始")
+    await site.add_location("scene-1", "L-1", "ST1", 1)
     bridge = await start_bridge(tmp_path, site, nats_server)
     panel = await hub.client("task-execution", "task-1", "interval=1")
     await panel.recv_type("task_execution_update")
+    broadcast = await subscribed(hub, "storage-location-broadcast", "scene-1")
+
+    # Ids no hub could serve, an unknown status, a flag that is not one: each skipped, and
+    # none of them stops the polls.
+    await site.add_result("", "[坏] 空的任务")
+    await site.add_result("task\x01", "[坏] 控制字符")
     await site.add_result("task-1", "[坏] 状态", "BOGUS")
-    await site.add_result("task-1", "[运输] 前往站点", "running")
+    await site.add_location("", "L-9", "ST9", 1)
+    await site.add_location("scene-1", "L-2", "ST2", 1, is_occupied=7)
+    await site.add_result("task-1", "[运输] 前往站点", "running ")
+    await site.set_location("scene-1", "L-1", is_locked=True)
+
     update = await panel.recv_type("task_execution_update")
     # The bad row is skipped and not counted: the next result takes its place in the list.
     assert [(r["context"], r["status"]) for r in update["data"]] == [
         ("[取货] 开始", "RUNNING"),
         ("[运输] 前往站点", "RUNNING"),
     ]
+    assert (await broadcast.recv())["action"] == "LOCK"
     _, metrics = await bridge.http_get("/metrics")
-    assert 'vwed_bridge_rows_rejected_total{table="tasks"} 1.0' in metrics
-    await asyncio.sleep(0)
+    assert 'vwed_bridge_rows_rejected_total{table="tasks"} 3.0' in metrics
+    assert 'vwed_bridge_rows_rejected_total{table="locations"} 2.0' in metrics
+    # The append came at the index the hub held: no second snapshot of the task was needed.
+    assert 'vwed_bridge_snapshots_total{kind="task",result="found"} 1.0' in metrics
+    await bridge.stop()
+
+
+async def test_a_row_stamped_in_the_future_hides_no_later_change(
+    site: Site, nats_server: NatsServer, hub: Hub, tmp_path: Path
+) -> None:
+    await site.add_location("scene-1", "L-1", "ST1", 1)
+    await site.add_location("scene-1", "L-2", "ST1", 2)
+    bridge = await start_bridge(tmp_path, site, nats_server)
+    broadcast = await subscribed(hub, "storage-location-broadcast", "scene-1")
+    await site.set_location(
+        "scene-1", "L-1", goods_content="未来", updated_at="2099-01-01 00:00:00"
+    )
+    assert (await broadcast.recv())["new_status"]["updated_at"] == "2099-01-01T00:00:00.000Z"
+    # Well within the full scan's 30 s: the cursor stayed at the database's clock.
+    await site.set_location("scene-1", "L-2", is_occupied=True)
+    change = await broadcast.recv(timeout=5)
+    assert (change["action"], change["new_status"]["id"]) == ("OCCUPY", "L-2")
     await bridge.stop()

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,15 +47,18 @@ from .changes import (
     TaskChange,
     TaskCursor,
     Upserted,
+    chunks_by_size,
 )
 from .config import Sources
 from .metrics import Metrics
 from .source import (
     CHANGED_AT,
+    DATABASE_NOW,
     POSITION,
     LocationStatements,
     RowError,
     TaskStatements,
+    key_of,
     location_of,
     result_of,
     step_back,
@@ -63,8 +69,10 @@ log = logging.getLogger("vwed_bridge")
 
 T = TypeVar("T")
 
-UPSERT_CHUNK = 500
-"""Locations per upsert event: 500 full records are about 300 KB, well under NATS' 1 MiB."""
+PAYLOAD_HEADROOM = 4096
+"""Bytes of an event's JSON besides its records (ids, rev, keys), kept free of the budget."""
+FULL_READ_TIMEOUT = 60.0
+"""Seconds a read of the whole location table may take (the start, the full scans)."""
 MAX_BACKOFF = 10.0
 """The longest wait between two polls while the database or NATS fails (seconds)."""
 
@@ -191,7 +199,7 @@ class Bridge:
         )
 
     async def _start_locations(self, sql: LocationStatements, saved: SavedState) -> None:
-        everything = self._seen(await self._read(sql.everything()))
+        everything = self._seen(await self._read(sql.everything(), FULL_READ_TIMEOUT))
         if saved.location_cursor is None:
             self._mirror.load(everything)
         else:
@@ -216,16 +224,27 @@ class Bridge:
             )
             return
         highest = (await self._read_scalar(sql.highest_id())) or 0
-        self._tasks = TaskCursor(highest, gap_ttl=self.settings.gap_ttl)
         # No saved cursor: results may have been appended while no bridge ran. The tasks of the
-        # latest results are the ones panels watch; each hub holding one re-snapshots.
+        # latest results are the ones panels watch: each is tipped, and each hub holding one
+        # re-snapshots. Ids missing among them may belong to transactions still open: gaps.
         lowest = max(0, highest - self.settings.startup_tip_rows)
-        for (task_record_id,) in await self._read_rows(sql.tasks_since(lowest)):
+        recent = await self._read_rows(sql.ids_since(lowest))
+        present = {int(id) for id, _ in recent}
+        now = time.monotonic()
+        gaps = [id for id in range(lowest + 1, highest) if id not in present]
+        self._tasks = TaskCursor(
+            highest, gaps[-TaskCursor.MAX_GAPS :], gap_ttl=self.settings.gap_ttl
+        )
+        self._tasks.open_gaps(now)
+        tasks: set[str] = set()
+        for _, task in recent:
             try:
-                await self._publisher.tip_task(str(task_record_id))
-                self._metrics.events.labels("tip").inc()
+                tasks.add(key_of(task))
             except ValueError as error:  # an id no hub could serve
                 self._reject("tasks", error)
+        for task_record_id in sorted(tasks):
+            await self._publisher.tip_task(task_record_id)
+            self._metrics.events.labels("tip").inc()
 
     # --- polling -------------------------------------------------------------------------------
 
@@ -233,11 +252,11 @@ class Bridge:
         """Read what changed since the last poll and publish it."""
         began = time.monotonic()
         try:
-            async with self._one_at_a_time:
-                if self._location_sql is not None:
+            if self._location_sql is not None:
+                async with self._one_at_a_time:
                     await self._poll_locations(self._location_sql)
-                if self._task_sql is not None:
-                    await self._poll_tasks(self._task_sql)
+            if self._task_sql is not None:
+                await self._poll_tasks(self._task_sql)
         except Exception:
             self._metrics.polls.labels("failed").inc()
             raise
@@ -252,27 +271,35 @@ class Bridge:
     async def _poll_locations(self, sql: LocationStatements) -> None:
         full = time.monotonic() >= self._next_full_scan
         if full or self._mirror.cursor is None:
-            statement = sql.everything()
+            # Scheduled before the read: a full read that keeps failing (a table too big for
+            # its timeout) must not take the place of every incremental poll after it.
+            self._next_full_scan = time.monotonic() + self.settings.full_scan_interval
+            rows = await self._read(sql.everything(), FULL_READ_TIMEOUT)
         else:
-            statement = sql.changed_since(step_back(self._mirror.cursor, self.settings.lookback))
-        seen = self._seen(await self._read(statement))
+            since = step_back(self._mirror.cursor, self.settings.lookback)
+            rows = await self._read(sql.changed_since(since))
+        seen = self._seen(rows)
+        if seen:
+            self._mirror.ceiling = _ceiling(
+                rows[0][DATABASE_NOW], seen[0].changed_at, self.settings
+            )
         for change in self._mirror.plan(seen, timestamp_now(), complete=full):
             await self._publish_scene(change)
-        if full:
-            self._next_full_scan = time.monotonic() + self.settings.full_scan_interval
         self._metrics.locations.set(len(self._mirror))
 
     async def _poll_tasks(self, sql: TaskStatements) -> None:
+        # The lock is taken per batch, not across a backlog of them: snapshots answer between.
         while True:
-            now = time.monotonic()
-            statement = sql.after(
-                self._tasks.cursor, self._tasks.open_gaps(now), self.settings.batch
-            )
-            rows = [self._result_row(row) for row in await self._read(statement)]
-            plan = self._tasks.plan(rows, now)
-            for change in plan.changes:
-                await self._publish_task(change)
-            self._tasks.commit(plan)
+            async with self._one_at_a_time:
+                now = time.monotonic()
+                statement = sql.after(
+                    self._tasks.cursor, self._tasks.open_gaps(now), self.settings.batch
+                )
+                rows = [self._result_row(row) for row in await self._read(statement)]
+                plan = self._tasks.plan(rows, now)
+                for change in plan.changes:
+                    await self._publish_task(change)
+                self._tasks.commit(plan)
             self._metrics.task_gaps.set(len(self._tasks.gaps))
             if len(rows) < self.settings.batch:
                 return
@@ -291,9 +318,11 @@ class Bridge:
             raise
         results: list[TaskResult] = []
         for row in rows:
-            result = self._result_row(row).result
-            if result is not None:
-                results.append(result)
+            # The database's collation may match more than the id (trailing spaces, case):
+            # those rows are another key's.
+            result_row = self._result_row(row)
+            if result_row.result is not None and result_row.task_record_id == task_record_id:
+                results.append(result_row.result)
         found = "found" if results else "not_found"
         self._metrics.snapshots.labels("task", found).inc()
         return TaskSnapshot(task_record_id, rev, results) if results else None
@@ -308,7 +337,9 @@ class Bridge:
         except Exception:
             self._metrics.snapshots.labels("scene", "failed").inc()
             raise
-        locations: list[StorageLocation] = [seen.location for seen in self._seen(rows)]
+        locations: list[StorageLocation] = [
+            seen.location for seen in self._seen(rows) if seen.location.scene_id == scene_id
+        ]
         found = "found" if locations else "not_found"
         self._metrics.snapshots.labels("scene", found).inc()
         return SceneSnapshot(scene_id, rev, locations) if locations else None
@@ -327,35 +358,53 @@ class Bridge:
             )
             self._metrics.events.labels("status_change").inc()
         elif isinstance(change, Upserted):
-            for start in range(0, len(change.seen), UPSERT_CHUNK):
-                chunk = change.seen[start : start + UPSERT_CHUNK]
-                await publisher.upsert_locations(change.scene_id, [s.location for s in chunk])
+            records = [seen.location for seen in change.seen]
+            for start, end in self._runs("locations", records):
+                await publisher.upsert_locations(change.scene_id, records[start:end])
                 self._metrics.events.labels("upsert").inc()
         elif isinstance(change, Removed):
-            await publisher.remove_locations(change.scene_id, change.ids)
-            self._metrics.events.labels("remove").inc()
+            for start, end in self._runs("locations", change.ids):
+                await publisher.remove_locations(change.scene_id, change.ids[start:end])
+                self._metrics.events.labels("remove").inc()
         self._mirror.published(change)
 
     async def _publish_task(self, change: TaskChange) -> None:
         if isinstance(change, Appended):
-            await self._publisher.append_task_results(
-                change.task_record_id, change.index, change.results
-            )
-            self._metrics.events.labels("append").inc()
+            for start, end in self._runs("tasks", change.results):
+                await self._publisher.append_task_results(
+                    change.task_record_id, change.index + start, change.results[start:end]
+                )
+                self._metrics.events.labels("append").inc()
         elif isinstance(change, Reordered):
             # Its list's order changed under results already published: hubs re-snapshot.
             await self._publisher.tip_task(change.task_record_id)
             self._metrics.events.labels("tip").inc()
 
+    def _runs(self, table: str, items: Sequence[Any]) -> list[tuple[int, int]]:
+        """``items`` in runs that each fit one NATS message; the ones that never fit are reported.
+
+        NATS refuses a message over its ``max_payload``: one such record must not stop every
+        poll. A run after a record left out restarts at a later index: a hub then sees a gap
+        and takes a snapshot, where the same record is missing too (the reply is refused too).
+        """
+        budget = max(1024, self._publisher.nc.max_payload - PAYLOAD_HEADROOM)
+        sizes = [_encoded_size(item) for item in items]
+        runs, too_large = chunks_by_size(sizes, budget)
+        for index in too_large:
+            self._reject(table, RowError(f"a record of {sizes[index]} bytes exceeds {budget}"))
+        return runs
+
     # --- reading -------------------------------------------------------------------------------
 
-    async def _read(self, statement: Select[Any]) -> Sequence[RowMapping]:
+    async def _read(
+        self, statement: Select[Any], limit: float | None = None
+    ) -> Sequence[RowMapping]:
         async def read() -> Sequence[RowMapping]:
             async with self._engine.connect() as connection:
                 rows: Sequence[RowMapping] = (await connection.execute(statement)).mappings().all()
                 return rows
 
-        return await self._query(read)
+        return await self._query(read, limit)
 
     async def _read_rows(self, statement: Select[Any]) -> Sequence[Any]:
         async def read() -> Sequence[Any]:
@@ -372,9 +421,10 @@ class Bridge:
 
         return await self._query(read)
 
-    async def _query(self, read: Callable[[], Awaitable[T]]) -> T:
+    async def _query(self, read: Callable[[], Awaitable[T]], limit: float | None = None) -> T:
+        """``read()``, failing after ``limit`` seconds (``query_timeout`` by default)."""
         try:
-            value = await asyncio.wait_for(read(), self.settings.query_timeout)
+            value = await asyncio.wait_for(read(), limit or self.settings.query_timeout)
         except Exception:
             self._metrics.database_up.set(0)
             raise
@@ -392,11 +442,12 @@ class Bridge:
 
     def _result_row(self, row: RowMapping) -> ResultRow:
         try:
+            task_record_id = key_of(row["task_record_id"])
             result: TaskResult | None = result_of(row)
-        except RowError as error:
+        except (RowError, ValueError) as error:
             self._reject("tasks", error)
-            result = None
-        return ResultRow(int(row["id"]), str(row["task_record_id"]), int(row[POSITION]), result)
+            task_record_id, result = "", None
+        return ResultRow(int(row["id"]), task_record_id, int(row[POSITION]), result)
 
     # --- reporting -----------------------------------------------------------------------------
 
@@ -426,7 +477,7 @@ class Bridge:
             return
         try:
             save_state(self.settings.state_file, state)
-        except OSError as error:
+        except (OSError, TypeError, ValueError) as error:  # TypeError: a cursor JSON lacks
             if not self._state_unwritable:
                 log.warning("cannot write the state file (a restart will tip instead): %s", error)
                 self._state_unwritable = True
@@ -442,3 +493,25 @@ def _at_or_before(changed_at: Any, cursor: Any) -> bool:
         return bool(changed_at <= cursor)
     except TypeError:  # the column's type changed since the state was saved
         return False
+
+
+def _encoded_size(item: Any) -> int:
+    """About the bytes ``item`` takes in an event's JSON."""
+    value = (
+        dataclasses.asdict(item)
+        if dataclasses.is_dataclass(item) and not isinstance(item, type)
+        else item
+    )
+    return len(json.dumps(value, ensure_ascii=False, default=str).encode()) + 1
+
+
+def _ceiling(database_now: Any, sample: Any, settings: Settings) -> Any:
+    """The highest cursor value to accept: the database's clock plus the look-back.
+
+    Only when the clock and the cursor column compare: a version number has no ceiling.
+    """
+    if database_now is None or type(database_now) is not type(sample):
+        return None
+    if isinstance(sample, datetime) and (sample.tzinfo is None) != (database_now.tzinfo is None):
+        return None
+    return step_back(database_now, -settings.lookback)

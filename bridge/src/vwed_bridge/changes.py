@@ -9,9 +9,9 @@ Two pieces of bookkeeping, each fed rows and answering with the events they call
   that are gone.
 * :class:`TaskCursor` follows the append-only result table by id. Ids are taken before commit,
   so a transaction that commits late leaves a gap below the cursor for a while: gaps are
-  remembered and read again until they fill or expire. A result that fills a gap after later
-  results of its task were published changes the task's order: the task is tipped, and every
-  hub takes a fresh snapshot.
+  remembered and read again until they fill or expire. A result that fills a gap may come
+  before results of its task already published: the task is tipped, and every hub takes a
+  fresh snapshot.
 
 Both plan first and are told what was published (``published`` / ``commit``): a publish that
 fails leaves them as they were, and the next poll plans the same changes again.
@@ -93,6 +93,10 @@ class LocationMirror:
         """By scene and id: what panels were last told about each location."""
         self.cursor: Any = None
         """The highest cursor value published; ``None`` before the first row."""
+        self.ceiling: Any = None
+        """The highest value the cursor may take: the database's clock at the last read, plus
+        a little. A row stamped in the future (bad data, a writer's fast clock) must not carry
+        the cursor past every change still to come. ``None``: no limit (version numbers)."""
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -163,8 +167,17 @@ class LocationMirror:
         self._advance(seen.changed_at)
 
     def _advance(self, changed_at: Any) -> None:
-        if changed_at is not None and (self.cursor is None or changed_at > self.cursor):
-            self.cursor = changed_at
+        if changed_at is None:
+            return
+        try:
+            if self.ceiling is not None and changed_at > self.ceiling:
+                changed_at = self.ceiling
+            if self.cursor is None or changed_at > self.cursor:
+                self.cursor = changed_at
+        except TypeError:
+            # A value of another type than the cursor's (MariaDB hands a zero date over as
+            # text): the row is published, but it does not move the cursor.
+            pass
 
 
 def _only_status_differs(before: StorageLocation, after: StorageLocation) -> bool:
@@ -218,7 +231,6 @@ class TaskPlan:
     changes: list[TaskChange]
     cursor: int
     gaps: dict[int, float]
-    last_ids: dict[str, tuple[int, float]]
 
 
 class TaskCursor:
@@ -232,9 +244,6 @@ class TaskCursor:
         that took them may still commit. ``0.0``: restored from the state file."""
         self.gap_ttl = gap_ttl
         """How long a gap is read again before it is taken for a rolled-back insert."""
-        self._last_ids: dict[str, tuple[int, float]] = {}
-        """Per task recently published: its highest result id, and when. A row that fills a
-        gap below it reorders the task. Kept as long as gaps are."""
 
     MAX_GAPS = 10_000
     """Gaps beyond this many (the oldest) are given up: a batch of rolled-back inserts must not
@@ -253,9 +262,6 @@ class TaskCursor:
     def plan(self, rows: list[ResultRow], now: float) -> TaskPlan:
         """The events for ``rows`` (read in id order), and the state after them."""
         gaps = dict(self.gaps)
-        last_ids = {
-            task: seen for task, seen in self._last_ids.items() if seen[1] >= now - self.gap_ttl
-        }
         cursor = self.cursor
         changes: list[TaskChange] = []
         open_appends: dict[str, Appended] = {}
@@ -267,10 +273,11 @@ class TaskCursor:
                 for missing in range(max(cursor + 1, row.id - self.MAX_GAPS), row.id):
                     gaps[missing] = now
                 cursor = row.id
-            previous = last_ids.get(row.task_record_id)
-            if previous is not None and row.id < previous[0]:
+            if row.id < self.cursor and row.result is not None:
+                # It fills a gap: results with higher ids may already be out, at the positions
+                # it now shifts. Whether or not they belong to its task (the bridge keeps no
+                # such memory, which a restart would lose), the task is re-snapshotted.
                 reordered.add(row.task_record_id)
-            last_ids[row.task_record_id] = (max(row.id, previous[0] if previous else 0), now)
             if row.result is None:
                 continue
             append = open_appends.get(row.task_record_id)
@@ -283,10 +290,38 @@ class TaskCursor:
         if len(gaps) > self.MAX_GAPS:
             for gap in sorted(gaps)[: len(gaps) - self.MAX_GAPS]:
                 del gaps[gap]
-        return TaskPlan(changes, cursor, gaps, last_ids)
+        return TaskPlan(changes, cursor, gaps)
 
     def commit(self, plan: TaskPlan) -> None:
         """Keep the state of ``plan``: its events were all published."""
         self.cursor = plan.cursor
         self.gaps = plan.gaps
-        self._last_ids = plan.last_ids
+
+
+# --- sizes ------------------------------------------------------------------------------------
+
+
+def chunks_by_size(sizes: list[int], budget: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """Split items of ``sizes`` bytes into runs of at most ``budget`` bytes, in order.
+
+    Returns the runs as ``(start, end)`` index ranges and the indexes of items too large to
+    travel at all (each over ``budget`` alone), which no run holds: NATS refuses a message above
+    its ``max_payload``, and one such record must not stop every poll.
+    """
+    runs: list[tuple[int, int]] = []
+    too_large: list[int] = []
+    start, total = 0, 0
+    for index, size in enumerate(sizes):
+        if size > budget:
+            if start < index:
+                runs.append((start, index))
+            too_large.append(index)
+            start, total = index + 1, 0
+            continue
+        if total + size > budget and start < index:
+            runs.append((start, index))
+            start, total = index, 0
+        total += size
+    if start < len(sizes):
+        runs.append((start, len(sizes)))
+    return runs, too_large

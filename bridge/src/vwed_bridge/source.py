@@ -18,17 +18,20 @@ from sqlalchemy import (
     and_,
     column,
     func,
+    literal_column,
     or_,
     select,
     table,
     text,
 )
-from vwed_publisher import StorageLocation, TaskResult, TaskStatus, format_timestamp
+from vwed_publisher import StorageLocation, TaskResult, TaskStatus, format_timestamp, validate_id
 
 from .config import LOCATION_FIELDS, RESULT_FIELDS, LocationSource, TaskSource
 
 CHANGED_AT = "_changed_at"
 """The label of the cursor column in a location row (it may be a field too, or not)."""
+DATABASE_NOW = "_database_now"
+"""The label of the database's clock in a location row: the ceiling of the cursor."""
 POSITION = "_position"
 """The label of a result row's position within its task's list (0-based)."""
 
@@ -71,6 +74,9 @@ class LocationStatements:
         self._select: Select[Any] = select(
             *(self._rows.c[source.column(f)].label(f) for f in LOCATION_FIELDS),
             self._changed_at.label(CHANGED_AT),
+            # As the driver returns it (no type of SQLAlchemy's that would parse SQLite's text):
+            # it is compared with the cursor column, which comes back untyped too.
+            literal_column("CURRENT_TIMESTAMP").label(DATABASE_NOW),
         )
         """Every location column, named as the API names it, and the cursor."""
 
@@ -130,9 +136,11 @@ class TaskStatements:
         """The highest result id: where a bridge without a saved cursor starts."""
         return select(func.max(self._id))
 
-    def tasks_since(self, lowest_id: int) -> Select[Any]:
-        """The tasks that have a result with an id above ``lowest_id``."""
-        return select(self._task).where(self._id > lowest_id).distinct()
+    def ids_since(self, lowest_id: int) -> Select[Any]:
+        """The ids and tasks of the results with an id above ``lowest_id``."""
+        return select(self._id.label("id"), self._task.label("task_record_id")).where(
+            self._id > lowest_id
+        )
 
     def task(self, task_record_id: str) -> Select[Any]:
         """A task's results in list order, as a snapshot answers them."""
@@ -142,7 +150,7 @@ class TaskStatements:
 def _carried(rows: FromClause, source: TaskSource) -> ColumnElement[bool]:
     """A result row has a known status and its two texts (``result_of`` then takes it)."""
     return and_(
-        func.upper(rows.c[source.column("status")]).in_([s.value for s in TaskStatus]),
+        func.upper(func.trim(rows.c[source.column("status")])).in_([s.value for s in TaskStatus]),
         rows.c[source.column("created_at")].is_not(None),
         rows.c[source.column("context")].is_not(None),
     )
@@ -153,20 +161,22 @@ def _carried(rows: FromClause, source: TaskSource) -> ColumnElement[bool]:
 
 def location_of(row: Mapping[Any, Any]) -> StorageLocation:
     """The API's record of a location row; :class:`RowError` if the API cannot carry it."""
-    values = {name: _field(name, row[name]) for name in LOCATION_FIELDS}
     try:
+        values = {name: _field(name, row[name]) for name in LOCATION_FIELDS}
+        validate_id(values["scene_id"])
         return StorageLocation(**values)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ArithmeticError) as error:
         raise RowError(f"location {row.get('scene_id')}/{row.get('id')}: {error}") from error
 
 
 def result_of(row: Mapping[Any, Any]) -> TaskResult:
     """The API's record of a result row; :class:`RowError` if the API cannot carry it."""
     try:
+        validate_id(_text(row["task_record_id"]))
         return TaskResult(
             created_at=_timestamp(row["created_at"]),
             context=_text(row["context"]),
-            status=TaskStatus(_text(row["status"]).upper()),
+            status=TaskStatus(_text(row["status"]).strip().upper()),
         )
     except (TypeError, ValueError) as error:
         raise RowError(
@@ -196,10 +206,20 @@ def _field(name: str, value: Any) -> Any:
 
 
 def _text(value: Any) -> str:
-    # Ids kept as numbers become their text; bytes from a binary collation are decoded.
+    # Ids kept as numbers become their text; bytes from a binary collation are decoded (a
+    # UnicodeDecodeError is a ValueError: the row is rejected). NULL is not text.
+    if value is None:
+        raise ValueError("a required text is NULL")
     if isinstance(value, bytes):
         return value.decode("utf-8")
     return value if isinstance(value, str) else str(value)
+
+
+def key_of(value: Any) -> str:
+    """A task or scene id column as the API's id; ``ValueError`` if it can be none."""
+    id = _text(value)
+    validate_id(id)
+    return id
 
 
 def _timestamp(value: Any) -> str:
