@@ -40,9 +40,11 @@ RUN --mount=type=cache,id=vwed-cargo-registry,target=/usr/local/cargo/registry,s
 FROM ${BINARIES} AS binaries
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
-# ca-certificates: async-nats reads the system roots for tls:// NATS URLs. Nothing else: the
-# page, CSS and JavaScript are compiled into the binary. Not pinned (DL3008): Debian stable
-# replaces a version when it ships a security fix, and a pin would then break the build.
+# ca-certificates: async-nats reads the system roots for tls:// NATS URLs (the package brings
+# openssl and libssl3 along, about 8 MB that the hub does not use: it speaks TLS with rustls).
+# Nothing else: the page, CSS and JavaScript are compiled into the binary. Not pinned
+# (DL3008): Debian stable replaces a version when it ships a security fix, and a pin would
+# then break the build.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
