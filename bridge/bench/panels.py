@@ -111,7 +111,8 @@ def latencies(samples: list[float]) -> dict[str, float | None]:
 async def original(
     mariadb: MariaDBServer, site: Site, panels: int, seconds: float, interval: float
 ) -> dict[str, Any]:
-    engine = create_async_engine(site.url, pool_size=20, max_overflow=0)
+    # Panels wait for a connection as long as it takes: at 1,000 panels the queue is long.
+    engine = create_async_engine(site.url, pool_size=20, max_overflow=0, pool_timeout=600)
     writer = Writer(site, 0)
     writer.locations = int(
         (await site.rows("SELECT COUNT(*) AS n FROM vwed_storage_location"))[0]["n"]
