@@ -911,7 +911,7 @@ fn rows() -> Vec<Row> {
         .then(vec![Step::State, Step::Open]),
         Row::ws("a string filter of 10 KiB", "/ws/storage-location/h-scene")
             .query("station_name", &long_id)
-            .then(vec![Step::State, Step::Open]),
+            .then(rejected("h-scene", "参数 station_name 过长: 最多 256 字节")),
         // Client messages
         message(
             "malformed JSON",

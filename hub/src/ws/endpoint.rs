@@ -107,6 +107,10 @@ pub enum InvalidRequest {
     /// A parameter appears twice.
     #[error("参数 {0} 重复,只能出现一次")]
     Repeated(&'static str),
+    /// A string filter is over [`MAX_ID_BYTES`]: no location field it compares with is longer
+    /// (they are ids and names), and each distinct filter costs the hub a group of its own.
+    #[error("参数 {0} 过长: 最多 {MAX_ID_BYTES} 字节")]
+    FilterTooLong(&'static str),
 }
 
 /// Parses a realtime or broadcast request: the raw (still percent-encoded) id from the path and
@@ -139,9 +143,9 @@ pub fn parse(
         let filter = &mut watch.filter;
         match name {
             "interval" => watch.interval = Some(parse_interval(&value)?),
-            "storage_area_id" => filter.storage_area_id = non_empty(&value),
-            "station_name" => filter.station_name = non_empty(&value),
-            "layer_name" => filter.layer_name = non_empty(&value),
+            "storage_area_id" => filter.storage_area_id = string_filter(name, &value)?,
+            "station_name" => filter.station_name = string_filter(name, &value)?,
+            "layer_name" => filter.layer_name = string_filter(name, &value)?,
             "is_occupied" => filter.is_occupied = parse_bool(name, &value)?,
             "is_locked" => filter.is_locked = parse_bool(name, &value)?,
             "is_disabled" => filter.is_disabled = parse_bool(name, &value)?,
@@ -203,8 +207,12 @@ fn parse_bool(name: &'static str, value: &str) -> Result<Option<bool>, InvalidRe
 }
 
 /// An empty string filter means "no filter", as a form with a blank field would send it.
-fn non_empty(value: &str) -> Option<String> {
-    (!value.is_empty()).then(|| value.to_owned())
+/// A string filter's value: none when empty (no filter), refused over [`MAX_ID_BYTES`].
+fn string_filter(name: &'static str, value: &str) -> Result<Option<String>, InvalidRequest> {
+    if value.len() > MAX_ID_BYTES {
+        return Err(InvalidRequest::FilterTooLong(name));
+    }
+    Ok((!value.is_empty()).then(|| value.to_owned()))
 }
 
 fn echo(value: &str) -> String {
@@ -296,6 +304,19 @@ mod tests {
         assert_eq!(
             realtime_scene("station_name=").unwrap().filter,
             LocationFilter::default()
+        );
+        // 256 bytes of UTF-8: 85 three-byte characters and one more byte.
+        let longest = "站".repeat(MAX_ID_BYTES / 3) + "x";
+        assert_eq!(
+            realtime_scene(&format!("layer_name={longest}"))
+                .unwrap()
+                .filter
+                .layer_name,
+            Some(longest.clone())
+        );
+        assert_eq!(
+            realtime_scene(&format!("layer_name={longest}x")),
+            Err(InvalidRequest::FilterTooLong("layer_name"))
         );
         assert_eq!(
             realtime_scene("is_locked=yes"),
