@@ -52,18 +52,35 @@ struct Args {
     /// that one environment configures both.
     #[command(flatten)]
     security: vwed_publisher::NatsFlags,
+
+    /// Log format on stderr: human-readable text, or one JSON object per line for log
+    /// collectors (the hub's variable too, so one environment sets both).
+    #[arg(long, env = "VWED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, the event's fields at the top level.
+    Json,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let args = Args::parse();
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let args = Args::parse();
+        );
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 
     // Retrying the first connection lets the demo start before NATS does; events published
     // meanwhile wait in the client's buffer.
@@ -101,13 +118,16 @@ async fn main() -> anyhow::Result<()> {
     let tasks = demo.running_tasks().await;
     tracing::info!(?tasks, "tasks running");
     if let Some(scene) = demo.scene_ids().first() {
+        // The hub's address is not the demo's to know (8000 on a machine, 8080 through the
+        // compose file's load balancer): the path is what a reader needs.
         tracing::info!(
-            "open http://localhost:8000/?scene={scene} on a hub run with --nats-url {}",
-            redact_url(&args.nats_url)
+            "open /?scene={scene} on the page of a hub run with --nats-url {} and --subject-prefix {}",
+            redact_url(&args.nats_url),
+            args.subject_prefix
         );
     }
     if let Some(task) = tasks.first() {
-        tracing::info!("or watch a task: ws://localhost:8000/ws/task-execution/{task}");
+        tracing::info!("or watch a task: /ws/task-execution/{task} on that hub");
     }
 
     // New tasks start all the time; naming a few now and then gives a reader fresh ids to open.
