@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.append(str(Path(__file__).resolve().parents[2] / "publisher-sdk" / "python" / "tests"))
-pytest.register_assert_rewrite("harness", "databases", "processes")
+pytest.register_assert_rewrite("harness", "databases", "processes", "proxy")
 
 from databases import MariaDBServer, Site, new_sqlite_database  # noqa: E402
 

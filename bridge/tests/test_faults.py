@@ -11,6 +11,7 @@ from typing import Any
 from databases import MariaDBServer, Site
 from harness import Hub, NatsServer
 from processes import BridgeProcess
+from proxy import CuttableProxy
 from test_panels import api_location, location, start_bridge, subscribed
 
 
@@ -61,6 +62,51 @@ async def test_a_database_outage_is_reported_once_and_healed(
     finally:
         await site.close()
         server.stop()
+
+
+async def test_what_the_site_wrote_while_the_database_was_out_of_reach_is_published_after(
+    mariadb: MariaDBServer, nats_server: NatsServer, hub: Hub, tmp_path: Path
+) -> None:
+    site = Site(mariadb.new_database())
+    proxy = CuttableProxy(mariadb.port)
+    await proxy.start()
+    try:
+        await site.add_location("scene-1", "L-1", "ST1", 1)
+        await site.add_result("task-1", "r-0")
+        bridge = BridgeProcess(
+            tmp_path, site.url.replace(f":{mariadb.port}/", f":{proxy.port}/"), nats_server.url
+        )
+        await bridge.start()
+        scene = await subscribed(hub, "storage-location-broadcast", "scene-1")
+        task = await subscribed(hub, "task-execution-broadcast", "task-1")
+
+        await proxy.cut()
+        await bridge.wait_status("/readyz", 503)
+        # The engines go on writing; the bridge cannot read.
+        await site.set_location("scene-1", "L-1", is_locked=True, locked_by="task-1")
+        await site.add_result("task-1", "r-1")
+        await site.add_result("task-1", "r-2", "SUCCESS")
+        await asyncio.sleep(1)
+        await proxy.start()
+        await bridge.wait_status("/readyz", 200)
+
+        # Broadcast panels get each change as an event (no snapshot gives them anything).
+        change = await scene.recv()
+        assert (change["type"], change["action"]) == ("storage_location_status_change", "LOCK")
+        assert change["new_status"] == {
+            name: value
+            for name, value in (await location(site, "scene-1", "L-1")).items()
+            if name in change["new_status"]
+        }
+        contexts: list[str] = []
+        while len(contexts) < 2:
+            contexts.extend(r["context"] for r in (await task.recv())["data"])
+        assert contexts == ["r-1", "r-2"]
+        assert bridge.logs().count("polling failed") == 1, bridge.logs()
+        await bridge.stop()
+    finally:
+        await proxy.cut()
+        await site.close()
 
 
 async def test_a_bridge_killed_while_the_site_writes_loses_nothing(
