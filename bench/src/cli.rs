@@ -53,6 +53,10 @@ pub enum Scenario {
     /// NATS protocol over WebSocket, same messages, same number of clients) in one invocation:
     /// both results and the ratios hub / nats-server.
     Compare(CompareArgs),
+    /// Clients that keep connecting and leaving (politely, by resetting the TCP connection, or
+    /// after half a handshake) while events flow on many keys: the hub's RSS after every
+    /// --report-every sessions, which should stay flat after warm-up.
+    Churn(ChurnArgs),
     /// (internal) Hold a share of the clients for a parent vwed-bench, driven over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -324,4 +328,53 @@ pub struct CompareArgs {
     /// How clients are spread.
     #[command(flatten)]
     pub spread: ClientArgs,
+}
+
+/// Flags of `churn`.
+#[derive(Debug, Clone, Args)]
+pub struct ChurnArgs {
+    /// Clients at once; each runs one session after another.
+    #[arg(long, default_value_t = 300)]
+    pub clients: usize,
+    /// Sessions in all.
+    #[arg(long, default_value_t = 100_000)]
+    pub sessions: u64,
+    /// Share of sessions that reset the TCP connection instead of closing.
+    #[arg(long, default_value_t = 0.3)]
+    pub abort_share: f64,
+    /// Share of sessions that send half an opening handshake and go away.
+    #[arg(long, default_value_t = 0.1)]
+    pub half_share: f64,
+    /// Longest a subscribed session watches before it leaves (each a random time up to it).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+    /// Read the hub's RSS after every this many sessions.
+    #[arg(long, default_value_t = 10_000)]
+    pub report_every: u64,
+    /// Sessions before the growth per session is measured (allocator pools, maps reaching
+    /// their working size).
+    #[arg(long, default_value_t = 20_000)]
+    pub warmup: u64,
+    /// Scenes, each watched on endpoints 3 and 4.
+    #[arg(long, default_value_t = 20)]
+    pub scenes: usize,
+    /// Tasks, each watched on endpoints 1 and 2.
+    #[arg(long, default_value_t = 20)]
+    pub tasks: usize,
+    /// Locations per scene.
+    #[arg(long, default_value_t = 100)]
+    pub locations: usize,
+    /// Events per second over all keys (task results and status changes, alternately).
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// After the last session, how long to wait before the final RSS reading: longer than the
+    /// hub's --memory-trim-interval (10 s), so that the reading shows what it keeps.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// Loopback source addresses to connect from (127.0.0.1 ..= 127.0.0.N).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=250))]
+    pub source_addresses: u8,
+    /// Where the servers are.
+    #[command(flatten)]
+    pub servers: TargetArgs,
 }

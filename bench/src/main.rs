@@ -1,5 +1,6 @@
 //! vwed-bench: the load generator of vwed-hub. See `vwed-bench --help` and bench/README.md.
 
+mod churn;
 mod cli;
 mod client;
 mod owner;
@@ -29,6 +30,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::ConnectStorm(args) => scenarios::connect_storm(args).await,
             Scenario::SlowClient(args) => scenarios::slow_client(args).await,
             Scenario::Compare(args) => scenarios::compare(args).await,
+            Scenario::Churn(args) => churn::churn(args).await,
             Scenario::Worker => worker::run().await,
             Scenario::Hub(config) => vwed_hub::process::run(*config).await,
         }

@@ -543,7 +543,7 @@ pub async fn many_keys(args: ManyKeysArgs) -> anyhow::Result<()> {
 }
 
 /// A storage location of the benchmark scene, in storage area `area`.
-fn bench_location(scene: &str, index: usize, area: usize) -> StorageLocation {
+pub(crate) fn bench_location(scene: &str, index: usize, area: usize) -> StorageLocation {
     let station = format!("S{}", index / 4);
     StorageLocation {
         operate_point_id: Some(format!("AP-{station}")),

@@ -105,6 +105,12 @@ pub struct Config {
     #[arg(long, env = "VWED_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub http_header_timeout: Duration,
 
+    /// How often the hub hands heap memory it has freed back to the system (glibc's
+    /// `malloc_trim`); 0 never. Without it, memory freed by clients that left stays with the
+    /// allocator and resident memory creeps up with churn (docs/PERFORMANCE.md, "Churn").
+    #[arg(long, env = "VWED_MEMORY_TRIM_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub memory_trim_interval: Duration,
+
     /// Open connections allowed in all; past it new clients get an `error` and close 1013.
     /// 0: no limit (the process's file-descriptor limit still applies).
     #[arg(long, env = "VWED_MAX_CONNECTIONS", default_value_t = 0)]
@@ -283,6 +289,7 @@ mod tests {
         assert_eq!(config.subject_prefix, "vwed");
         assert_eq!(config.ping_interval, Duration::from_secs(20));
         assert_eq!(config.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(config.memory_trim_interval, Duration::from_secs(10));
     }
 
     #[test]

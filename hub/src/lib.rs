@@ -14,6 +14,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod fanout;
+pub mod memory;
 pub mod messages;
 pub mod metrics;
 pub mod page;
@@ -144,6 +145,10 @@ impl Hub {
         let fanout = Arc::new(FanOut::new(context));
         let follower = tokio::spawn(fanout.clone().follow_broker());
         let shutdown = CancellationToken::new();
+        tokio::spawn(memory::trim_periodically(
+            config.memory_trim_interval,
+            shutdown.clone(),
+        ));
         let connections = TaskTracker::new();
         let state = AppState {
             fanout,

@@ -96,6 +96,11 @@ pub struct Metrics {
     /// TLS handshakes that failed or timed out (plain HTTP on the TLS port, untrusted
     /// certificate, silent clients): a rise after a certificate change points at it.
     pub tls_handshake_failures: Counter,
+    /// Heap bytes in use (glibc's count, read at each scrape): what the hub's data needs.
+    pub heap_in_use: Gauge,
+    /// Heap bytes the allocator holds, in use or free: against `heap_in_use`, memory freed but
+    /// not yet given back (see `crate::memory`). RSS above both is code, stacks and the rest.
+    pub heap_held: Gauge,
 }
 
 impl Default for Metrics {
@@ -119,6 +124,8 @@ impl Default for Metrics {
             broker_connected: Gauge::default(),
             broker_reconnects: Counter::default(),
             tls_handshake_failures: Counter::default(),
+            heap_in_use: Gauge::default(),
+            heap_held: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -209,6 +216,20 @@ impl Default for Metrics {
             "TLS handshakes that failed or timed out",
             metrics.tls_handshake_failures.clone(),
         );
+        if crate::memory::SUPPORTED {
+            registry.register_with_unit(
+                "heap_in_use",
+                "Heap memory in use (glibc malloc), read at each scrape",
+                Unit::Bytes,
+                metrics.heap_in_use.clone(),
+            );
+            registry.register_with_unit(
+                "heap_held",
+                "Heap memory the allocator holds, in use or free, read at each scrape",
+                Unit::Bytes,
+                metrics.heap_held.clone(),
+            );
+        }
         Self {
             registry,
             ..metrics
@@ -219,6 +240,11 @@ impl Default for Metrics {
 impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Some((held, in_use)) = crate::memory::heap_bytes() {
+            self.heap_held.set(i64::try_from(held).unwrap_or(i64::MAX));
+            self.heap_in_use
+                .set(i64::try_from(in_use).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

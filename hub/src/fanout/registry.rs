@@ -207,3 +207,59 @@ impl<F> Departure<F> {
             .is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use vwed_publisher::MemoryBus;
+
+    use super::*;
+    use crate::broker::MemoryBroker;
+    use crate::fanout::{outbox, Mode};
+    use crate::view::TaskView;
+
+    /// Under churn, nothing per key or per member may outlive the last member of a key: the
+    /// hub that served 100,000 sessions should hold what it held before the first.
+    #[tokio::test]
+    async fn nothing_is_kept_for_a_key_after_its_last_member_left() {
+        let bus = MemoryBus::new();
+        let metrics = Arc::new(Metrics::default());
+        let registry = Registry::<TaskView>::new(Arc::new(TopicContext {
+            broker: Arc::new(MemoryBroker::new(&bus)),
+            subjects: Subjects::default(),
+            snapshot_timeout: Duration::from_millis(50),
+            metrics: metrics.clone(),
+        }));
+        for round in 0..3 {
+            let members: Vec<_> = (0..200)
+                .map(|i| {
+                    let (outbox, inbox) = outbox(8, metrics.clone());
+                    let key = format!("churn-{round}-{}", i % 20);
+                    let membership = registry.join(&key, Member::new(Mode::Broadcast, outbox));
+                    (membership, inbox)
+                })
+                .collect();
+            assert_eq!(registry.len(), 20);
+            // Half leave while the others stay: their keys stay watched.
+            let (leaving, staying): (Vec<_>, Vec<_>) =
+                members.into_iter().enumerate().partition(|(i, _)| *i < 100);
+            drop(leaving);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(registry.len(), 20, "every key still has a member");
+            drop(staying);
+            let emptied = tokio::time::timeout(Duration::from_secs(5), async {
+                while !registry.is_empty() || metrics.subscriptions.get() != 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            assert!(
+                emptied.is_ok(),
+                "round {round}: {} keys and {} subscriptions left",
+                registry.len(),
+                metrics.subscriptions.get()
+            );
+        }
+    }
+}
