@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import free_port, stop_process
+from harness import free_port, http_get, http_status, stop_process
 
 
 class BridgeProcess:
@@ -56,18 +56,10 @@ class BridgeProcess:
             await asyncio.sleep(0.05)
 
     async def http_get(self, path: str) -> tuple[int, str]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n\r\n".encode())
-        response = await reader.read()
-        writer.close()
-        head, _, body = response.decode().partition("\r\n\r\n")
-        return int(head.split()[1]), body
+        return await http_get(self.port, path)
 
     async def http_status(self, path: str) -> int | None:
-        try:
-            return (await self.http_get(path))[0]
-        except (OSError, IndexError, ValueError):
-            return None
+        return await http_status(self.port, path)
 
     async def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:

@@ -176,32 +176,38 @@ impl Publisher {
     /// result that arrived out of order. The key is tipped again with the others for the tip
     /// window. Returns the rev.
     pub async fn tip_task(&self, task_record_id: &str) -> Result<u64, Error> {
-        validate_id(task_record_id).map_err(Error::InvalidId)?;
-        let _in_order = self.in_rev_order.lock().await;
-        let tip = TaskTip {
-            task_record_id: task_record_id.to_owned(),
-            rev: self.next_rev(),
-        };
-        let subject = self.subjects.task_events(task_record_id);
-        self.publish_json(subject.clone(), &tip).await?;
-        self.tipper
-            .published(&self.link, &subject, true, task_record_id, tip.rev);
-        Ok(tip.rev)
+        self.tip(true, task_record_id).await
     }
 
     /// [`tip_task`](Self::tip_task) for a scene.
     pub async fn tip_scene(&self, scene_id: &str) -> Result<u64, Error> {
-        validate_id(scene_id).map_err(Error::InvalidId)?;
+        self.tip(false, scene_id).await
+    }
+
+    async fn tip(&self, is_task: bool, id: &str) -> Result<u64, Error> {
+        validate_id(id).map_err(Error::InvalidId)?;
         let _in_order = self.in_rev_order.lock().await;
-        let tip = SceneTip {
-            scene_id: scene_id.to_owned(),
-            rev: self.next_rev(),
+        let rev = self.next_rev();
+        let subject = if is_task {
+            let subject = self.subjects.task_events(id);
+            let tip = TaskTip {
+                task_record_id: id.to_owned(),
+                rev,
+            };
+            self.publish_json(subject.clone(), &tip).await?;
+            subject
+        } else {
+            let subject = self.subjects.scene_events(id);
+            let tip = SceneTip {
+                scene_id: id.to_owned(),
+                rev,
+            };
+            self.publish_json(subject.clone(), &tip).await?;
+            subject
         };
-        let subject = self.subjects.scene_events(scene_id);
-        self.publish_json(subject.clone(), &tip).await?;
         self.tipper
-            .published(&self.link, &subject, false, scene_id, tip.rev);
-        Ok(tip.rev)
+            .published(&self.link, &subject, is_task, id, rev);
+        Ok(rev)
     }
 
     /// Waits until everything published so far has been written to the NATS server.

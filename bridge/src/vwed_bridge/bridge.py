@@ -68,6 +68,7 @@ from .state import SavedState, load_state, save_state
 log = logging.getLogger("vwed_bridge")
 
 T = TypeVar("T")
+S = TypeVar("S", TaskSnapshot, SceneSnapshot)
 
 PAYLOAD_HEADROOM = 4096
 """Bytes of an event's JSON besides its records (ids, rev, keys), kept free of the budget."""
@@ -309,40 +310,45 @@ class Bridge:
     async def task_snapshot(self, task_record_id: str) -> TaskSnapshot | None:
         """A task's results read from the database, with a rev that makes the merge exact."""
         assert self._task_sql is not None
-        try:
-            async with self._one_at_a_time:
-                rev = self._publisher.next_rev()
-                rows = await self._read(self._task_sql.task(task_record_id))
-        except Exception:
-            self._metrics.snapshots.labels("task", "failed").inc()
-            raise
+        rev, rows = await self._snapshot_read("task", self._task_sql.task(task_record_id))
         results: list[TaskResult] = []
         for row in rows:
+            result_row = self._result_row(row)
             # The database's collation may match more than the id (trailing spaces, case):
             # those rows are another key's.
-            result_row = self._result_row(row)
             if result_row.result is not None and result_row.task_record_id == task_record_id:
                 results.append(result_row.result)
-        found = "found" if results else "not_found"
-        self._metrics.snapshots.labels("task", found).inc()
-        return TaskSnapshot(task_record_id, rev, results) if results else None
+        return self._answered(
+            "task", TaskSnapshot(task_record_id, rev, results) if results else None
+        )
 
     async def scene_snapshot(self, scene_id: str) -> SceneSnapshot | None:
         """A scene's locations read from the database, with a rev that makes the merge exact."""
         assert self._location_sql is not None
-        try:
-            async with self._one_at_a_time:
-                rev = self._publisher.next_rev()
-                rows = await self._read(self._location_sql.scene(scene_id))
-        except Exception:
-            self._metrics.snapshots.labels("scene", "failed").inc()
-            raise
+        rev, rows = await self._snapshot_read("scene", self._location_sql.scene(scene_id))
         locations: list[StorageLocation] = [
             seen.location for seen in self._seen(rows) if seen.location.scene_id == scene_id
         ]
-        found = "found" if locations else "not_found"
-        self._metrics.snapshots.labels("scene", found).inc()
-        return SceneSnapshot(scene_id, rev, locations) if locations else None
+        return self._answered(
+            "scene", SceneSnapshot(scene_id, rev, locations) if locations else None
+        )
+
+    async def _snapshot_read(
+        self, kind: str, statement: Select[Any]
+    ) -> tuple[int, Sequence[RowMapping]]:
+        """A rev, then the rows, both inside the lock: see the module's docstring."""
+        try:
+            async with self._one_at_a_time:
+                rev = self._publisher.next_rev()
+                return rev, await self._read(statement)
+        except Exception:
+            self._metrics.snapshots.labels(kind, "failed").inc()
+            raise
+
+    def _answered(self, kind: str, snapshot: S | None) -> S | None:
+        """``snapshot`` counted as found, or ``None`` (a key with no rows) counted not found."""
+        self._metrics.snapshots.labels(kind, "not_found" if snapshot is None else "found").inc()
+        return snapshot
 
     # --- publishing ----------------------------------------------------------------------------
 

@@ -51,6 +51,24 @@ async def wait_for_port(port: int, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.02)
 
 
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET ``path`` from 127.0.0.1:``port``: the status and the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+    response = await reader.read()
+    writer.close()
+    head, _, body = response.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def http_status(port: int, path: str) -> int | None:
+    """The status of GET ``path``, or ``None`` when nothing answers (yet)."""
+    try:
+        return (await http_get(port, path))[0]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def cargo_binary(name: str, env_var: str, build_hint: str) -> Path:
     """A binary of the workspace: ``$env_var`` if set, else the debug build's."""
     if os.environ.get(env_var):
@@ -138,18 +156,10 @@ class Hub:
             self.process = None
 
     async def http_get(self, path: str) -> tuple[int, str]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n".encode())
-        response = await reader.read()
-        writer.close()
-        head, _, body = response.decode().partition("\r\n\r\n")
-        return int(head.split()[1]), body
+        return await http_get(self.port, path)
 
     async def http_status(self, path: str) -> int | None:
-        try:
-            return (await self.http_get(path))[0]
-        except (OSError, IndexError, ValueError):
-            return None
+        return await http_status(self.port, path)
 
     async def metric(self, name: str, **labels: str) -> float:
         """The sum of a metric's samples whose labels include ``labels`` (0 when it has none).
