@@ -64,6 +64,7 @@ fn help_names_every_scenario() {
         "connect-storm",
         "slow-client",
         "compare",
+        "churn",
     ] {
         assert!(help.contains(scenario), "{scenario} missing from:\n{help}");
     }
@@ -154,6 +155,44 @@ fn idle_reports_memory_per_connection() {
     assert_eq!(u(report, "closed"), 0, "{report}");
     assert!(report["rss_per_conn_bytes"].is_number(), "{report}");
     assert_eq!(u(report, "snapshot_requests"), 5);
+}
+
+#[test]
+fn churn_reports_rss_per_sessions_and_leaves_no_connection_open() {
+    let lines = bench(&[
+        "churn",
+        "--clients",
+        "20",
+        "--sessions",
+        "400",
+        "--report-every",
+        "100",
+        "--warmup",
+        "100",
+        "--tasks",
+        "3",
+        "--scenes",
+        "3",
+        "--locations",
+        "10",
+        "--hold",
+        "100ms",
+        "--settle",
+        "0s",
+    ]);
+    let report = &lines[0];
+    assert_eq!(u(report, "sessions"), 400, "{report}");
+    assert_eq!(u(report, "sessions_failed"), 0, "{report}");
+    assert!(u(report, "sessions_half") > 0, "{report}");
+    assert!(u(report, "sessions_aborted") > 0, "{report}");
+    assert_eq!(u(report, "open_connections_at_end"), 0, "{report}");
+    let series = report["rss_series"].as_array().expect("a series");
+    assert_eq!(series.len(), 4, "{report}");
+    assert!(series.iter().all(|s| s["rss_bytes"].is_u64()), "{report}");
+    assert!(
+        report["rss_growth_per_session_bytes"].is_number(),
+        "{report}"
+    );
 }
 
 #[test]

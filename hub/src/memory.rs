@@ -57,7 +57,8 @@ pub fn trim() -> bool {
     }
 }
 
-/// Bytes the allocator holds in all (in use and free) and in use, where it can say (glibc).
+/// Bytes the allocator has taken from the system (in use and free, including free pages a trim
+/// gave back, which no longer count in RSS) and bytes in use, where it can say (glibc).
 pub fn heap_bytes() -> Option<(u64, u64)> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -98,8 +98,10 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     /// Heap bytes in use (glibc's count, read at each scrape): what the hub's data needs.
     pub heap_in_use: Gauge,
-    /// Heap bytes the allocator holds, in use or free: against `heap_in_use`, memory freed but
-    /// not yet given back (see `crate::memory`). RSS above both is code, stacks and the rest.
+    /// Heap bytes the allocator has taken from the system, in use or free (glibc's count): what
+    /// it holds beyond `heap_in_use` is free memory of its own. Free pages that the periodic
+    /// trim gave back still count here until reused, but no longer count in RSS
+    /// (see `crate::memory`).
     pub heap_held: Gauge,
 }
 
@@ -225,7 +227,7 @@ impl Default for Metrics {
             );
             registry.register_with_unit(
                 "heap_held",
-                "Heap memory the allocator holds, in use or free, read at each scrape",
+                "Heap memory the allocator has taken from the system, in use or free, read at each scrape",
                 Unit::Bytes,
                 metrics.heap_held.clone(),
             );
