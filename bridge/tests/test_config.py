@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from vwed_bridge.cli import parser
 from vwed_bridge.config import ConfigError, load_sources
 from vwed_bridge.source import LocationStatements, TaskStatements
 
@@ -78,3 +79,25 @@ def test_a_table_can_be_switched_off() -> None:
         path.unlink()
     assert sources.tasks is None
     assert sources.locations is not None
+
+
+def test_every_flag_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As docker-compose.yml and the image pass them.
+    monkeypatch.setenv("VWED_BRIDGE_DB_URL", "sqlite+aiosqlite:///site.db")
+    monkeypatch.setenv("VWED_BRIDGE_POLL_INTERVAL", "0.25")
+    monkeypatch.setenv("VWED_BRIDGE_SUBJECT_PREFIX", "site")
+    args = parser().parse_args([])
+    assert args.db_url == "sqlite+aiosqlite:///site.db"
+    assert args.poll_interval == 0.25
+    assert args.subject_prefix == "site"
+    # A flag wins over the environment.
+    assert parser().parse_args(["--subject-prefix", "other"]).subject_prefix == "other"
+
+
+def test_the_database_is_required_from_a_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("VWED_BRIDGE_DB_URL", raising=False)
+    with pytest.raises(SystemExit):
+        parser().parse_args([])
+    assert "--db-url" in capsys.readouterr().err

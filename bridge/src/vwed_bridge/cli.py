@@ -58,12 +58,14 @@ def parser() -> argparse.ArgumentParser:
 
     def flag(name: str, env: str, help: str, **kwargs: Any) -> None:
         default = kwargs.pop("default", None)
+        required = kwargs.pop("required", False)
         value = _env(env, default)
         shown = "" if default is None else f" (default: {default})"
         p.add_argument(
             name,
             default=value,
-            required=value is None and kwargs.pop("required", False),
+            # Required only when the environment does not give it either.
+            required=required and value is None,
             help=f"{help}{shown} [env VWED_BRIDGE_{env}]",
             **kwargs,
         )
