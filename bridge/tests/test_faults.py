@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from databases import MariaDBServer, Site
+from databases import MariaDBServer, Site, new_sqlite_database
 from harness import Hub, NatsServer
 from processes import BridgeProcess
 from proxy import CuttableProxy
@@ -280,3 +280,29 @@ async def test_a_configuration_that_names_unknown_fields_is_refused_clearly(
     assert bridge.process is not None
     assert await asyncio.to_thread(bridge.process.wait, 20) == 2
     assert "['is_ocupied'] are not fields of locations" in bridge.logs()
+
+
+async def test_text_that_is_not_utf8_rejects_its_row_alone_on_sqlite(
+    nats_server: NatsServer, hub: Hub, tmp_path: Path
+) -> None:
+    # SQLite keeps whatever bytes a writer gave it; its driver would fail the whole SELECT.
+    site = Site(new_sqlite_database(tmp_path / "site.db"))
+    try:
+        await site.add_location("scene-1", "L-1", "ST1", 1)
+        with sqlite3.connect(tmp_path / "site.db") as connection:
+            connection.execute(
+                "UPDATE vwed_storage_location SET goods_content = CAST(X'ff41' AS TEXT)"
+                " WHERE id = 'L-1'"
+            )
+        await site.add_location("scene-1", "L-2", "ST1", 2)
+        bridge = await start_bridge(tmp_path, site, nats_server)
+        panel = await hub.client("storage-location", "scene-1", "interval=1")
+        first = await panel.recv_type("storage_location_update")
+        assert [loc["id"] for loc in first["data"]["storage_locations"]] == ["L-2"]
+        await site.set_location("scene-1", "L-2", is_occupied=True)
+        assert (await panel.recv_type("storage_location_status_change"))["action"] == "OCCUPY"
+        _, metrics = await bridge.http_get("/metrics")
+        assert 'vwed_bridge_rows_rejected_total{table="locations"} 1.0' in metrics
+        await bridge.stop()
+    finally:
+        await site.close()

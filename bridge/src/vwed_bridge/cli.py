@@ -15,13 +15,13 @@ from typing import Any
 
 import nats.errors
 from aiohttp import web
-from sqlalchemy.ext.asyncio import create_async_engine
 from vwed_publisher import DEFAULT_TIP_INTERVAL, Publisher
 
 from .bridge import MAX_BACKOFF, Bridge, Settings
 from .config import ConfigError, load_sources
 from .health import make_app
 from .metrics import Metrics
+from .source import make_engine
 
 log = logging.getLogger("vwed_bridge")
 
@@ -198,7 +198,7 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
 
     metrics = Metrics()
-    engine = create_async_engine(args.db_url, pool_size=4, pool_pre_ping=True)
+    engine = make_engine(args.db_url)
     publisher = await _connect_nats(args, stop)
     if publisher is None:
         await engine.dispose()

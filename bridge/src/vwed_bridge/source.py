@@ -17,6 +17,7 @@ from sqlalchemy import (
     Select,
     and_,
     column,
+    event,
     func,
     literal_column,
     or_,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     table,
     text,
 )
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from vwed_publisher import StorageLocation, TaskResult, TaskStatus, format_timestamp, validate_id
 
 from .config import LOCATION_FIELDS, RESULT_FIELDS, LocationSource, TaskSource
@@ -47,6 +49,30 @@ _TIME_FIELDS = frozenset(
 
 class RowError(ValueError):
     """A row the API cannot carry (a missing id, a flag that is not a flag, an unknown status)."""
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """The database engine: a small pool, connections checked before use.
+
+    On SQLite, text that is not UTF-8 comes back as bytes instead of failing the whole SELECT
+    (SQLite stores whatever a writer gave it): that row alone is then rejected, as on the
+    other databases, whose drivers never hand over undecodable text.
+    """
+    engine = create_async_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _lenient_text(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.driver_connection.text_factory = _decoded_or_bytes
+
+    return engine
+
+
+def _decoded_or_bytes(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 # --- statements --------------------------------------------------------------------------------
