@@ -58,5 +58,7 @@ SQL
   kill "$pid"
   wait "$pid"
 fi
-# Debian's configuration binds 127.0.0.1; the official image listens on every address.
-exec mariadbd --user=mysql --bind-address=0.0.0.0 "$@"
+# Debian's configuration binds 127.0.0.1; the official image listens on every address. It also
+# skips name resolution (its docker.cnf): without that, every new connection waits for a reverse
+# DNS lookup of the client's address, which on a container network can take seconds.
+exec mariadbd --user=mysql --bind-address=0.0.0.0 --skip-name-resolve "$@"

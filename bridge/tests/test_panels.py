@@ -247,9 +247,14 @@ async def test_an_unknown_key_is_an_error_and_appears_later(
     panel = await hub.client("task-execution", "task-new", "interval=1")
     error = await panel.recv_type("error")
     assert error["task_record_id"] == "task-new"
+    scene = await hub.client("storage-location", "scene-new", "interval=1")
+    assert (await scene.recv_type("error"))["scene_id"] == "scene-new"
     await site.add_result("task-new", "[取货] 开始")
     update = await panel.recv_type("task_execution_update")
     assert [r["context"] for r in update["data"]] == ["[取货] 开始"]
+    await site.add_location("scene-new", "L-1", "ST1", 1)
+    state = await scene.recv_type("storage_location_update")
+    assert state["data"]["storage_locations"] == [await location(site, "scene-new", "L-1")]
     await bridge.stop()
 
 
