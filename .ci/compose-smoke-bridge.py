@@ -35,9 +35,9 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 from typing import Any
 
+from compose_smoke_common import Failure, container, now, run, say, wait_for
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -47,18 +47,6 @@ RESULTS_PER_TASK = 4  # the writer's steps per task; the last one is SUCCESS
 FLAGS = ("is_occupied", "is_locked", "is_disabled", "is_empty_tray")
 # Realtime panels ask for one update a second at most (the API's smallest interval).
 INTERVAL = 1
-
-
-class Failure(Exception):
-    """A check that did not hold."""
-
-
-def say(message: str) -> None:
-    print(f"    {message}", flush=True)
-
-
-def now() -> float:
-    return time.monotonic()
 
 
 class Panel:
@@ -111,26 +99,10 @@ class Smoke:
         self.panels: list[Panel] = []
 
     def run(self, *command: str, timeout: float = 60) -> str:
-        done = subprocess.run(
-            list(command), capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if done.returncode != 0:
-            raise Failure(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()}")
-        return done.stdout
+        return run(*command, timeout=timeout)
 
     def container(self, service: str) -> str:
-        ids = self.run(
-            "podman",
-            "ps",
-            "-aq",
-            "--filter",
-            f"label=com.docker.compose.service={service}",
-            "--filter",
-            f"label=com.docker.compose.project={self.args.project}",
-        ).split()
-        if len(ids) != 1:
-            raise Failure(f"expected one container of {service}, found {ids}")
-        return ids[0]
+        return container(self.args.project, service, stopped_too=True)
 
     def sql(self, query: str) -> list[list[str]]:
         """Rows of a query, read with the client in the mariadb container, as root over TCP."""
@@ -182,14 +154,12 @@ class Smoke:
         return probe.returncode == 0
 
     async def wait_for(self, condition: Any, seconds: float, what: str) -> None:
-        deadline = now() + seconds
-        while not condition():
+        def no_panel_closed() -> None:
             closed = [f"{p.name}: {p.closed}" for p in self.panels if p.closed]
             if closed:
                 raise Failure(f"a panel disconnected while waiting until {what}: {closed}")
-            if now() > deadline:
-                raise Failure(f"timed out after {seconds:.0f}s waiting until {what}")
-            await asyncio.sleep(0.1)
+
+        await wait_for(condition, seconds, what, no_panel_closed, poll=0.1)
 
     def open(self, path: str) -> Panel:
         panel = Panel(self.args.url, path)
@@ -217,7 +187,9 @@ class Smoke:
             for task in self.tasks
         }
         await self.wait_for(
-            lambda: all(p.connected.is_set() for p in self.panels), 10, "every panel connects"
+            lambda: all(p.connected.is_set() for p in self.panels),
+            10,
+            "every panel connects",
         )
         say(
             f"{len(self.panels)} panels on hub-site ({self.args.url}): scene {SCENE}, "
@@ -258,7 +230,9 @@ class Smoke:
 
     async def task_complete(self, task: str, seconds: float) -> None:
         await self.wait_for(
-            lambda: self.task_done(task), seconds, f"{task}'s realtime panel holds its results"
+            lambda: self.task_done(task),
+            seconds,
+            f"{task}'s realtime panel holds its results",
         )
         await self.wait_for(
             lambda: (

@@ -33,10 +33,10 @@ import json
 import random
 import subprocess
 import sys
-import time
 import urllib.request
 from typing import Any
 
+from compose_smoke_common import Failure, container, now, run, say, wait_for
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -45,18 +45,6 @@ REALTIME_PER_SCENE = 4
 BROADCAST_PER_SCENE = 2
 # Realtime panels ask for one update a second at most (the API's smallest interval).
 INTERVAL = 1
-
-
-class Failure(Exception):
-    """A check that did not hold."""
-
-
-def say(message: str) -> None:
-    print(f"    {message}", flush=True)
-
-
-def now() -> float:
-    return time.monotonic()
 
 
 class Panel:
@@ -157,26 +145,10 @@ class Smoke:
     # --- the stack ---------------------------------------------------------------------------
 
     def run(self, *command: str, timeout: float = 60) -> str:
-        done = subprocess.run(
-            list(command), capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if done.returncode != 0:
-            raise Failure(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()}")
-        return done.stdout
+        return run(*command, timeout=timeout)
 
     def container(self, service: str) -> str:
-        ids = self.run(
-            "podman",
-            "ps",
-            "-q",
-            "--filter",
-            f"label=com.docker.compose.service={service}",
-            "--filter",
-            f"label=com.docker.compose.project={self.args.project}",
-        ).split()
-        if len(ids) != 1:
-            raise Failure(f"expected one running container of {service}, found {ids}")
-        return ids[0]
+        return container(self.args.project, service, stopped_too=False)
 
     def haproxy_servers(self) -> dict[str, dict[str, str]]:
         """HAProxy's own view of the hubs: status and current sessions, from its stats CSV."""
@@ -226,14 +198,12 @@ class Smoke:
         say(f"{len(self.panels)} panels connected through HAProxy ({self.args.url})")
 
     async def wait_for(self, condition: Any, seconds: float, what: str) -> None:
-        deadline = now() + seconds
-        while not condition():
+        def nothing_fatal() -> None:
             for panel in self.panels:
                 if panel.fatal:
                     raise Failure(panel.fatal)
-            if now() > deadline:
-                raise Failure(f"timed out after {seconds:.0f}s waiting until {what}")
-            await asyncio.sleep(0.05)
+
+        await wait_for(condition, seconds, what, nothing_fatal)
 
     async def live_events(self) -> None:
         start = now()
@@ -289,7 +259,10 @@ class Smoke:
         moved = [p for p in self.panels if p.closes_since(start)]
         closes = [c for p in moved for c in p.closes_since(start)]
         codes = sorted({int(c[1]) if c[1] is not None else 0 for c in closes})
-        first, last = min(c[0] for c in closes) - start, max(c[0] for c in closes) - start
+        first, last = (
+            min(c[0] for c in closes) - start,
+            max(c[0] for c in closes) - start,
+        )
         back = max(p.opened[-1] for p in moved) - start
         slowest = max(p.opened[-1] - p.closes_since(start)[0][0] for p in moved)
         say(
