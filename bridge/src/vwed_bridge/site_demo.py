@@ -40,6 +40,10 @@ def _schema(name: str) -> str:
 
 async def _create_tables(engine: AsyncEngine) -> None:
     dialect = engine.dialect.name
+    if dialect == "postgresql":
+        # schema.postgres.sql holds a function body, which asyncpg's statements cannot carry
+        # through SQLAlchemy: the site creates its tables with psql first.
+        return
     script = _schema("schema.sqlite.sql" if dialect == "sqlite" else "schema.sql")
     lines = [line.split("--", 1)[0] for line in script.splitlines()]
     body = "\n".join(lines)
