@@ -136,6 +136,7 @@ impl Owner {
         TaskEvent {
             task_record_id: key.to_owned(),
             rev,
+            prev_rev: None,
             change: TaskChange::Replace { results },
         }
     }
@@ -165,6 +166,7 @@ impl Owner {
         Some(SceneEvent {
             scene_id: key.to_owned(),
             rev,
+            prev_rev: None,
             change: SceneChange::StatusChange {
                 layer_name: location.layer_name.clone(),
                 action,

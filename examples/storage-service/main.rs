@@ -152,6 +152,7 @@ async fn change_one(
     let event = SceneEvent {
         scene_id: scene_id.to_owned(),
         rev: publisher.next_rev(),
+        prev_rev: None,
         change: SceneChange::StatusChange {
             layer_name: location.layer_name.clone(),
             action,

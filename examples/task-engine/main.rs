@@ -104,6 +104,7 @@ async fn append(
     let event = TaskEvent {
         task_record_id: id.to_owned(),
         rev: *rev,
+        prev_rev: None,
         change: TaskChange::Append {
             index: (results.len() - 1) as u64,
             results: vec![result],

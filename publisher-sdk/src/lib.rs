@@ -24,7 +24,7 @@
 //!   UPDATE storage_location SET is_occupied = true, rev = $rev WHERE id = $id;
 //!   UPDATE scene SET rev = $rev WHERE id = $scene;
 //! COMMIT;
-//! publisher.publish_scene(&SceneEvent { scene_id, rev, change }).await?;
+//! publisher.publish_scene(&SceneEvent { scene_id, rev, prev_rev: None, change }).await?;
 //! -- snapshot handler: SELECT rev, locations FROM ... in one transaction
 //! ```
 //!
@@ -104,6 +104,7 @@
 //!     let event = vwed_publisher::TaskEvent {
 //!         task_record_id: "t-1".into(),
 //!         rev: *rev,
+//!         prev_rev: None,
 //!         change: vwed_publisher::TaskChange::Append {
 //!             index: (results.len() - 1) as u64,
 //!             results: vec![result],
@@ -153,6 +154,10 @@ pub enum Error {
     /// could ever watch that key.
     #[error("invalid id: {0}")]
     InvalidId(#[source] InvalidId),
+    /// The event's `prev_rev` is not below its `rev`; nothing was sent, since every hub would
+    /// refuse it.
+    #[error("invalid event: {0}")]
+    InvalidEvent(#[source] wire::PayloadError),
     /// A payload could not be encoded as JSON.
     #[error("could not encode the payload: {0}")]
     Encode(#[source] serde_json::Error),

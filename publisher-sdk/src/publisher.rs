@@ -1,5 +1,6 @@
 //! Publishing change events.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use crate::rev::HybridClock;
 use crate::subject::{validate_id, Subjects};
 use crate::tips::{Tipper, DEFAULT_TIP_INTERVAL, DEFAULT_TIP_WINDOW};
 use crate::wire::{
-    timestamp_now, LocationStatus, SceneChange, SceneEvent, SceneTip, StatusAction,
+    timestamp_now, Keyed, LocationStatus, SceneChange, SceneEvent, SceneTip, StatusAction,
     StorageLocation, TaskChange, TaskEvent, TaskResult, TaskTip,
 };
 use crate::Error;
@@ -101,18 +102,26 @@ impl Publisher {
     /// events in rev order: the hub drops an event whose rev is not above the last it saw.
     ///
     /// Fails with [`Error::InvalidId`], sending nothing, when `task_record_id` is not valid.
+    ///
+    /// A `prev_rev` left `None` is filled in with the rev this publisher last sent for the task
+    /// (see [`TaskEvent::prev_rev`]); one that is not below `rev` fails with
+    /// [`Error::InvalidEvent`], sending nothing.
     pub async fn publish_task(&self, event: &TaskEvent) -> Result<(), Error> {
         validate_id(&event.task_record_id).map_err(Error::InvalidId)?;
-        self.publish_task_unchecked(event).await
+        event.check().map_err(Error::InvalidEvent)?;
+        self.publish_task_unchecked(Cow::Borrowed(event)).await
     }
 
     /// Publishes a scene event exactly as given, with the caller's own `rev`. Publish each key's
     /// events in rev order: the hub drops an event whose rev is not above the last it saw.
     ///
     /// Fails with [`Error::InvalidId`], sending nothing, when `scene_id` is not valid.
+    ///
+    /// `prev_rev` as for [`publish_task`](Self::publish_task).
     pub async fn publish_scene(&self, event: &SceneEvent) -> Result<(), Error> {
         validate_id(&event.scene_id).map_err(Error::InvalidId)?;
-        self.publish_scene_unchecked(event).await
+        event.check().map_err(Error::InvalidEvent)?;
+        self.publish_scene_unchecked(Cow::Borrowed(event)).await
     }
 
     /// Publishes `results` written at `index` of the task's list, with the next clock rev.
@@ -224,40 +233,54 @@ impl Publisher {
     async fn task_change(&self, task_record_id: &str, change: TaskChange) -> Result<u64, Error> {
         validate_id(task_record_id).map_err(Error::InvalidId)?;
         let _in_order = self.in_rev_order.lock().await;
+        let rev = self.next_rev();
         let event = TaskEvent {
             task_record_id: task_record_id.to_owned(),
-            rev: self.next_rev(),
+            rev,
+            prev_rev: None,
             change,
         };
-        self.publish_task_unchecked(&event).await?;
-        Ok(event.rev)
+        self.publish_task_unchecked(Cow::Owned(event)).await?;
+        Ok(rev)
     }
 
     async fn scene_change(&self, scene_id: &str, change: SceneChange) -> Result<u64, Error> {
         validate_id(scene_id).map_err(Error::InvalidId)?;
         let _in_order = self.in_rev_order.lock().await;
+        let rev = self.next_rev();
         let event = SceneEvent {
             scene_id: scene_id.to_owned(),
-            rev: self.next_rev(),
+            rev,
+            prev_rev: None,
             change,
         };
-        self.publish_scene_unchecked(&event).await?;
-        Ok(event.rev)
+        self.publish_scene_unchecked(Cow::Owned(event)).await?;
+        Ok(rev)
     }
 
     /// [`publish_task`](Self::publish_task) once its id has been checked.
-    async fn publish_task_unchecked(&self, event: &TaskEvent) -> Result<(), Error> {
+    async fn publish_task_unchecked(&self, mut event: Cow<'_, TaskEvent>) -> Result<(), Error> {
         let subject = self.subjects.task_events(&event.task_record_id);
-        self.publish_json(subject.clone(), event).await?;
+        if event.prev_rev.is_none() {
+            if let Some(prev_rev) = self.tipper.prev_rev(&subject, event.rev) {
+                event.to_mut().prev_rev = Some(prev_rev);
+            }
+        }
+        self.publish_json(subject.clone(), &*event).await?;
         self.tipper
             .published(&self.link, &subject, true, &event.task_record_id, event.rev);
         Ok(())
     }
 
     /// [`publish_scene`](Self::publish_scene) once its id has been checked.
-    async fn publish_scene_unchecked(&self, event: &SceneEvent) -> Result<(), Error> {
+    async fn publish_scene_unchecked(&self, mut event: Cow<'_, SceneEvent>) -> Result<(), Error> {
         let subject = self.subjects.scene_events(&event.scene_id);
-        self.publish_json(subject.clone(), event).await?;
+        if event.prev_rev.is_none() {
+            if let Some(prev_rev) = self.tipper.prev_rev(&subject, event.rev) {
+                event.to_mut().prev_rev = Some(prev_rev);
+            }
+        }
+        self.publish_json(subject.clone(), &*event).await?;
         self.tipper
             .published(&self.link, &subject, false, &event.scene_id, event.rev);
         Ok(())
@@ -306,11 +329,13 @@ mod tests {
             let task_event = TaskEvent {
                 task_record_id: id.to_owned(),
                 rev: 1,
+                prev_rev: None,
                 change: TaskChange::Replace { results: vec![] },
             };
             let scene_event = SceneEvent {
                 scene_id: id.to_owned(),
                 rev: 1,
+                prev_rev: None,
                 change: SceneChange::Remove { ids: vec![] },
             };
             let refusals = [
@@ -371,6 +396,92 @@ mod tests {
             .expect("the valid event arrives")
             .expect("the subscription is open");
         assert_eq!(first.subject, "vwed.task.t-1.execution");
+    }
+
+    /// Each event names the rev this publisher sent for its key just before it (an event's or
+    /// a tip's), so a hub that lost one in between notices at the next; keys do not share a
+    /// chain, a caller's own `prev_rev` is kept, and one not below `rev` is refused unsent.
+    #[tokio::test]
+    async fn events_are_chained_to_the_rev_published_before_them_for_their_key() {
+        let bus = MemoryBus::new();
+        let mut everything = bus.subscribe(">");
+        let publisher = Publisher::in_process(bus.clone());
+        let result = TaskResult::now("[取货] 开始", TaskStatus::Running);
+        let location = StorageLocation::new("s-1", "L-1", "area-A", "A-01", 1);
+        let first = publisher
+            .replace_task_results("t-1", vec![result.clone()])
+            .await
+            .unwrap();
+        publisher
+            .upsert_locations("s-1", vec![location.clone()])
+            .await
+            .unwrap();
+        let second = publisher
+            .append_task_results("t-1", 1, vec![result.clone()])
+            .await
+            .unwrap();
+        let tipped = publisher.tip_task("t-1").await.unwrap();
+        let own = TaskEvent {
+            task_record_id: "t-1".into(),
+            rev: publisher.next_rev(),
+            prev_rev: Some(3),
+            change: TaskChange::Replace { results: vec![] },
+        };
+        publisher.publish_task(&own).await.unwrap();
+        let after_tip = publisher
+            .append_task_results("t-1", 0, vec![result.clone()])
+            .await
+            .unwrap();
+        let broken = TaskEvent {
+            prev_rev: Some(own.rev + 1),
+            ..own.clone()
+        };
+        assert!(matches!(
+            publisher.publish_task(&broken).await,
+            Err(Error::InvalidEvent(
+                crate::wire::PayloadError::BrokenChain { .. }
+            ))
+        ));
+        let mut chains = Vec::new();
+        for _ in 0..6 {
+            let message = tokio::time::timeout(Duration::from_secs(5), everything.next())
+                .await
+                .expect("a message")
+                .expect("the subscription is open");
+            let value: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+            chains.push((
+                value["rev"].as_u64().unwrap(),
+                value.get("prev_rev").cloned(),
+            ));
+        }
+        let prev = |rev: u64| Some(serde_json::Value::from(rev));
+        assert_eq!(
+            chains
+                .iter()
+                .map(|(_, prev)| prev.clone())
+                .collect::<Vec<_>>(),
+            vec![None, None, prev(first), None, prev(3), prev(own.rev)],
+            "{chains:?}"
+        );
+        assert_eq!(chains[3].0, tipped);
+        assert!(after_tip > own.rev && own.rev > tipped && tipped > second);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), everything.next())
+                .await
+                .is_err(),
+            "the broken event was not sent"
+        );
+
+        // Without tips nothing is remembered, so nothing is chained.
+        let untipped = Publisher::in_process(bus.clone()).with_tips(None, DEFAULT_TIP_WINDOW);
+        for _ in 0..2 {
+            untipped
+                .upsert_locations("s-2", vec![location.clone()])
+                .await
+                .unwrap();
+            let message = everything.next().await.unwrap();
+            assert!(!message.payload.windows(8).any(|w| w == b"prev_rev"));
+        }
     }
 
     /// Tips go out on each recent key's event subject every interval, naming its latest rev,

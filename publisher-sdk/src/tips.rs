@@ -75,6 +75,12 @@ impl RecentKeys {
         }
     }
 
+    /// The highest rev published on `subject` within the window, if any: the `prev_rev` of the
+    /// key's next event.
+    pub fn last_rev(&self, subject: &str) -> Option<u64> {
+        self.keys.get(subject).map(|recent| recent.rev)
+    }
+
     /// The tips to send at `now`, as (subject, payload); forgets keys past the window.
     pub fn tips(&mut self, now: Instant) -> Vec<(String, Bytes)> {
         let window = self.window;
@@ -150,6 +156,15 @@ impl Tipper {
         if !self.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
             tokio::spawn(tip_loop(Arc::downgrade(self), link.clone(), interval));
         }
+    }
+
+    /// The `prev_rev` an event with `rev` on `subject` should carry when its caller named none:
+    /// the last rev published on the subject within the window, if below `rev`. `None` when
+    /// tips are off (nothing is remembered then).
+    pub fn prev_rev(&self, subject: &str, rev: u64) -> Option<u64> {
+        self.interval?;
+        let last = self.recent.lock().ok()?.last_rev(subject)?;
+        (last < rev).then_some(last)
     }
 }
 

@@ -63,6 +63,13 @@ pub struct TaskEvent {
     pub task_record_id: String,
     /// Version of the task's result list after this change; strictly increasing per task.
     pub rev: u64,
+    /// The rev of the event (or tip) its publisher sent for this key just before this one, when
+    /// it knows it: a hub that holds the key below it missed events in between and takes a fresh
+    /// snapshot, so an event lost in the middle of a stream heals at the next one (a tip only
+    /// names the latest rev). Below `rev`; absent on the wire when `None`. The publisher fills it
+    /// in when left `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_rev: Option<u64>,
     /// What changed.
     #[serde(flatten)]
     pub change: TaskChange,
@@ -336,6 +343,13 @@ pub struct SceneEvent {
     pub scene_id: String,
     /// Version of the scene after this change; strictly increasing per scene.
     pub rev: u64,
+    /// The rev of the event (or tip) its publisher sent for this key just before this one, when
+    /// it knows it: a hub that holds the key below it missed events in between and takes a fresh
+    /// snapshot, so an event lost in the middle of a stream heals at the next one (a tip only
+    /// names the latest rev). Below `rev`; absent on the wire when `None`. The publisher fills it
+    /// in when left `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_rev: Option<u64>,
     /// What changed.
     #[serde(flatten)]
     pub change: SceneChange,
@@ -511,6 +525,14 @@ pub enum PayloadError {
         /// The id inside the payload.
         found: String,
     },
+    /// An event's `prev_rev` is not below its `rev`.
+    #[error("prev_rev {prev_rev} is not below rev {rev}")]
+    BrokenChain {
+        /// The event's rev.
+        rev: u64,
+        /// The rev it names as the one before it.
+        prev_rev: u64,
+    },
 }
 
 impl PayloadError {
@@ -519,6 +541,7 @@ impl PayloadError {
         match self {
             PayloadError::Malformed(_) => "malformed",
             PayloadError::WrongKey { .. } => "wrong_key",
+            PayloadError::BrokenChain { .. } => "broken_chain",
         }
     }
 }
@@ -573,16 +596,37 @@ impl<T: serde::de::DeserializeOwned> SnapshotReply<T> {
 pub trait Keyed {
     /// The task record id or scene id inside the payload.
     fn key(&self) -> &str;
+
+    /// Checks what the payload's types alone cannot: an event's `prev_rev` is below its `rev`.
+    fn check(&self) -> Result<(), PayloadError> {
+        Ok(())
+    }
+}
+
+/// An event's `prev_rev` must name an earlier rev than its own.
+fn check_chain(rev: u64, prev_rev: Option<u64>) -> Result<(), PayloadError> {
+    match prev_rev {
+        Some(prev_rev) if prev_rev >= rev => Err(PayloadError::BrokenChain { rev, prev_rev }),
+        _ => Ok(()),
+    }
 }
 
 impl Keyed for TaskEvent {
     fn key(&self) -> &str {
         &self.task_record_id
     }
+
+    fn check(&self) -> Result<(), PayloadError> {
+        check_chain(self.rev, self.prev_rev)
+    }
 }
 impl Keyed for SceneEvent {
     fn key(&self) -> &str {
         &self.scene_id
+    }
+
+    fn check(&self) -> Result<(), PayloadError> {
+        check_chain(self.rev, self.prev_rev)
     }
 }
 impl Keyed for TaskTip {
@@ -618,6 +662,7 @@ where
             found: parsed.key().to_owned(),
         });
     }
+    parsed.check()?;
     Ok(parsed)
 }
 

@@ -223,6 +223,8 @@ async fn malformed_events_are_dropped_and_the_hub_carries_on(kind: BrokerKind) {
         br#"{"task_record_id":7,"rev":5,"op":"replace","results":[]}"#,
         br#"{"task_record_id":"t-m","rev":5,"op":"explode","results":[]}"#,
         br#"{"task_record_id":"t-m","rev":5,"op":"replace","results":{}}"#,
+        br#"{"task_record_id":"t-m","rev":5,"prev_rev":"4","op":"replace","results":[]}"#,
+        br#"{"task_record_id":"t-m","rev":5,"prev_rev":-1,"op":"replace","results":[]}"#,
         br#"{"task_record_id":"t-m","rev":99999999999999999,"op":"replace","results":[{"status":"DONE"}]}"#,
         near_limit.as_bytes(),
         huge_but_short_of_fields.as_bytes(),
@@ -232,7 +234,12 @@ async fn malformed_events_are_dropped_and_the_hub_carries_on(kind: BrokerKind) {
         // An event for t-m2, which has a client on this hub, on t-m's subject.
         br#"{"task_record_id":"t-m2","rev":99999999999999999,"op":"replace","results":[]}"#,
     ];
-    for payload in malformed.iter().chain(&misaddressed) {
+    // An event that names itself, or a later rev, as the one before it.
+    let broken_chains: [&[u8]; 2] = [
+        br#"{"task_record_id":"t-m","rev":99999999999999999,"prev_rev":99999999999999999,"op":"replace","results":[]}"#,
+        br#"{"task_record_id":"t-m","rev":99999999999999990,"prev_rev":99999999999999999,"op":"replace","results":[]}"#,
+    ];
+    for payload in malformed.iter().chain(&misaddressed).chain(&broken_chains) {
         raw_publish(publisher, subject.clone(), payload).await;
     }
     broadcast.expect_silence(Duration::from_millis(800)).await;
@@ -255,6 +262,11 @@ async fn malformed_events_are_dropped_and_the_hub_carries_on(kind: BrokerKind) {
         hub.metric(r#"vwed_hub_events_rejected_total{kind="task",reason="wrong_key"}"#)
             .await,
         misaddressed.len() as f64
+    );
+    assert_eq!(
+        hub.metric(r#"vwed_hub_events_rejected_total{kind="task",reason="broken_chain"}"#)
+            .await,
+        broken_chains.len() as f64
     );
 }
 
@@ -375,6 +387,7 @@ async fn events_with_an_old_rev_change_nothing(kind: BrokerKind) {
     let stale = vwed_publisher::SceneEvent {
         scene_id: "s-old".into(),
         rev: 1,
+        prev_rev: None,
         change: vwed_publisher::SceneChange::StatusChange {
             layer_name: "S1-1".into(),
             action: StatusAction::Occupy,
@@ -501,6 +514,7 @@ async fn an_event_no_snapshot_explains_is_dropped_without_a_storm_of_requests(ki
     let bogus = vwed_publisher::TaskEvent {
         task_record_id: "t-bad".into(),
         rev: owner.publisher().next_rev(),
+        prev_rev: None,
         change: vwed_publisher::TaskChange::Append {
             index: 10,
             results: vec![TaskResult::now("[x] ?", TaskStatus::Running)],
@@ -605,6 +619,59 @@ async fn a_lost_event_is_healed_by_the_owners_next_tip(kind: BrokerKind) {
     realtime.expect_silence(Duration::from_millis(1500)).await;
     assert!(
         hub.metric("vwed_hub_tips_received_total{kind=\"task\"}")
+            .await
+            >= 2.0
+    );
+}
+
+/// A status change lost on its way (a NATS node that died with it) while the next one arrives:
+/// the owner's tip names the latest rev, which the hub then holds, so only the next event's
+/// `prev_rev` can tell the hub; it takes a snapshot, and realtime clients see the lost change.
+async fn an_event_lost_between_two_delivered_ones_is_healed_by_the_next(kind: BrokerKind) {
+    let broker = TestBroker::start(kind).await;
+    let owner = Owner::start(&broker).await;
+    let seeded = vec![
+        location("s-chain", "l-1", "A1", "S1", 1),
+        location("s-chain", "l-2", "A1", "S1", 2),
+    ];
+    owner.seed_scene("s-chain", seeded).await;
+    let hub = TestHub::start(&broker).await;
+    let mut realtime = Client::connect(&hub, "/ws/storage-location/s-chain?interval=1").await;
+    realtime.next_of_type("storage_location_update").await;
+
+    let lost = owner
+        .change_status_unpublished("s-chain", "l-1", StatusAction::Lock, |l| {
+            l.is_locked = true;
+            l.locked_by = Some("task-lost".into());
+        })
+        .await;
+    let mut next = owner
+        .change_status_unpublished("s-chain", "l-2", StatusAction::Occupy, |l| {
+            l.is_occupied = true;
+        })
+        .await;
+    next.prev_rev = Some(lost.rev);
+    owner
+        .publisher()
+        .publish_scene(&next)
+        .await
+        .expect("publish");
+    owner.publisher().flush().await.expect("flush");
+
+    let expected = owner.scene_locations("s-chain", |_| true).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let update = realtime.next_of_type("storage_location_update").await;
+        if update["data"]["storage_locations"] == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "l-1's lost change never reached the client: {update}"
+        );
+    }
+    assert!(
+        hub.metric(r#"vwed_hub_snapshot_requests_total{kind="scene",reason="found"}"#)
             .await
             >= 2.0
     );
@@ -820,6 +887,7 @@ async fn a_slow_nats_subscription_alone_hears_that_it_lost_messages() {
 
 on_both_brokers!(
     a_lost_event_is_healed_by_the_owners_next_tip,
+    an_event_lost_between_two_delivered_ones_is_healed_by_the_next,
     a_key_that_vanishes_is_told_once_and_may_come_back,
     a_store_restored_to_an_older_rev_is_believed,
     events_racing_a_snapshot_merge_exactly,

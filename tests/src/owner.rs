@@ -172,6 +172,7 @@ impl Owner {
         TaskEvent {
             task_record_id: task.to_owned(),
             rev: *rev,
+            prev_rev: None,
             change: TaskChange::Append {
                 index: results.len() as u64 - 1,
                 results: vec![result],
@@ -188,6 +189,7 @@ impl Owner {
         let event = TaskEvent {
             task_record_id: task.to_owned(),
             rev: entry.0,
+            prev_rev: None,
             change: TaskChange::Replace { results },
         };
         self.publisher.publish_task(&event).await.expect("publish");
@@ -223,6 +225,22 @@ impl Owner {
         action: StatusAction,
         change: impl FnOnce(&mut StorageLocation),
     ) {
+        let event = self
+            .change_status_unpublished(scene, id, action, change)
+            .await;
+        self.publisher.publish_scene(&event).await.expect("publish");
+        self.flush().await;
+    }
+
+    /// [`change_status`](Self::change_status) without publishing: the event that tells of it,
+    /// for a test to lose or publish itself.
+    pub async fn change_status_unpublished(
+        &self,
+        scene: &str,
+        id: &str,
+        action: StatusAction,
+        change: impl FnOnce(&mut StorageLocation),
+    ) -> SceneEvent {
         let mut state = self.state.lock().await;
         let (rev, locations) = state.scenes.get_mut(scene).expect("known scene");
         let location = locations
@@ -235,6 +253,7 @@ impl Owner {
         let event = SceneEvent {
             scene_id: scene.to_owned(),
             rev: *rev,
+            prev_rev: None,
             change: SceneChange::StatusChange {
                 layer_name: location.layer_name.clone(),
                 action,
@@ -242,9 +261,8 @@ impl Owner {
                 new_status: location.status(),
             },
         };
-        self.publisher.publish_scene(&event).await.expect("publish");
         drop(state);
-        self.flush().await;
+        event
     }
 
     /// Adds or replaces full records, publishing an upsert.
@@ -259,6 +277,7 @@ impl Owner {
         let event = SceneEvent {
             scene_id: scene.to_owned(),
             rev: *rev,
+            prev_rev: None,
             change: SceneChange::Upsert {
                 storage_locations: records,
             },
@@ -277,6 +296,7 @@ impl Owner {
         let event = SceneEvent {
             scene_id: scene.to_owned(),
             rev: *rev,
+            prev_rev: None,
             change: SceneChange::Remove {
                 ids: ids.iter().map(|id| id.to_string()).collect(),
             },
@@ -313,6 +333,7 @@ impl Owner {
         let event = TaskEvent {
             task_record_id: task.to_owned(),
             rev,
+            prev_rev: None,
             change: TaskChange::Append {
                 index: results.len() as u64 - 1,
                 results: vec![result],

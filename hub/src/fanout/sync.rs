@@ -12,7 +12,8 @@
 //!   whose rev is above the snapshot's, then go live. A buffered event that arrived while the
 //!   request was out and still shows a gap may be newer than the snapshot: it waits for another.
 //! * **Live.** An event above the held rev applies; one that shows a gap (a task's results
-//!   missing before its index) calls for a snapshot while the old view keeps serving.
+//!   missing before its index, or a `prev_rev` above the held rev: its publisher sent an event
+//!   the view never took) calls for a snapshot while the old view keeps serving.
 //! * **Tips.** A tip above the held rev means events were lost: a snapshot. A tip at or below
 //!   it changes nothing. A tip that arrives while loading must be covered by what loading ends
 //!   with, or another snapshot follows.
@@ -454,6 +455,14 @@ impl<V: View> SyncCore<V> {
         if self.view_rev.is_some_and(|held| rev <= held) {
             return Outcome::Stale;
         }
+        // The publisher sent the key an event this view never took: lost on the way (a node
+        // that died, a broken route), so the view may be wrong in places this event does not
+        // touch.
+        if V::event_prev_rev(&event)
+            .is_some_and(|prev| self.view_rev.is_none_or(|held| prev > held))
+        {
+            return Outcome::Gap(event);
+        }
         match view.apply(&event) {
             Applied::Changed(notice) => {
                 self.view_rev = Some(rev);
@@ -589,6 +598,7 @@ pub(super) mod tests {
         TaskEvent {
             task_record_id: "t".into(),
             rev,
+            prev_rev: None,
             change: TaskChange::Append {
                 index,
                 results: vec![result(context)],
@@ -663,6 +673,47 @@ pub(super) mod tests {
             unreachable!()
         };
         String::from_utf8(view.render(&())).unwrap()
+    }
+
+    #[test]
+    fn an_event_chained_to_a_rev_the_view_never_took_takes_a_snapshot_instead_of_applying() {
+        let (mut core, mut effects) = live(5, &["a"]);
+        // Rev 6 (a replace to ["x"]) was lost on the way; rev 7 appends at index 1, which would
+        // fit the view and leave it ["a", "c"] for good.
+        let mut chained = append(7, 1, "c");
+        chained.prev_rev = Some(6);
+        core.on_event(chained, 10, &mut effects);
+        assert_eq!(
+            effects.requests, 2,
+            "a prev_rev above the held rev means a lost event"
+        );
+        assert_eq!(
+            rendered(&core),
+            rendered_of(found(5, &["a"])),
+            "the old view serves meanwhile"
+        );
+        assert_eq!(
+            effects.forwarded,
+            vec![7],
+            "broadcast members still get it as it arrived"
+        );
+        answer(&mut core, &mut effects, found(7, &["x", "c"]));
+        assert!(core.is_live());
+        assert_eq!(rendered(&core), rendered_of(found(7, &["x", "c"])));
+        assert!(effects.rejected.is_empty(), "{:?}", effects.rejected);
+
+        // Chained to what the view holds, or to less (another replica's rev), it applies.
+        let mut next = append(8, 2, "d");
+        next.prev_rev = Some(7);
+        core.on_event(next, 10, &mut effects);
+        let mut other_replica = append(9, 3, "e");
+        other_replica.prev_rev = Some(3);
+        core.on_event(other_replica, 10, &mut effects);
+        assert_eq!(effects.requests, 2);
+        assert_eq!(
+            rendered(&core),
+            rendered_of(found(9, &["x", "c", "d", "e"]))
+        );
     }
 
     #[test]

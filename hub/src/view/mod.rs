@@ -55,6 +55,9 @@ pub trait View: Default + Send + 'static {
     /// The rev an event brings the view to.
     fn event_rev(event: &Self::Event) -> u64;
 
+    /// The rev its publisher sent for the key just before this event, when it says.
+    fn event_prev_rev(event: &Self::Event) -> Option<u64>;
+
     /// The rev a tip names.
     fn tip_rev(tip: &Self::Tip) -> u64;
 
@@ -101,7 +104,10 @@ pub fn parse_incoming<V: View>(
             match vwed_publisher::wire::parse_keyed::<V::Tip>(payload, id) {
                 Ok(tip) => Ok(Incoming::Tip(V::tip_rev(&tip))),
                 Err(wrong @ PayloadError::WrongKey { .. }) => Err(wrong),
-                Err(PayloadError::Malformed(_)) => Err(PayloadError::Malformed(error)),
+                // A tip has no chain to break; not a tip either: the event's error says most.
+                Err(PayloadError::Malformed(_) | PayloadError::BrokenChain { .. }) => {
+                    Err(PayloadError::Malformed(error))
+                }
             }
         }
         Err(other) => Err(other),

@@ -160,6 +160,10 @@ impl View for SceneView {
         event.rev
     }
 
+    fn event_prev_rev(event: &SceneEvent) -> Option<u64> {
+        event.prev_rev
+    }
+
     fn tip_rev(tip: &SceneTip) -> u64 {
         tip.rev
     }
@@ -297,6 +301,7 @@ mod tests {
         SceneEvent {
             scene_id: "s".into(),
             rev: 2,
+            prev_rev: None,
             change: SceneChange::StatusChange {
                 layer_name: "L".into(),
                 action: StatusAction::Occupy,
@@ -442,6 +447,7 @@ mod tests {
         view.apply(&SceneEvent {
             scene_id: "s".into(),
             rev: 2,
+            prev_rev: None,
             change: SceneChange::Upsert {
                 storage_locations: vec![moved],
             },
@@ -453,6 +459,7 @@ mod tests {
         view.apply(&SceneEvent {
             scene_id: "s".into(),
             rev: 3,
+            prev_rev: None,
             change: SceneChange::Remove {
                 ids: vec!["b".into(), "nope".into()],
             },
@@ -472,6 +479,7 @@ mod tests {
         let upsert = SceneEvent {
             scene_id: "s".into(),
             rev: 2,
+            prev_rev: None,
             change: SceneChange::Upsert {
                 storage_locations: vec![location("b", "S2", 1), location("a", "S1", 1)],
             },
@@ -485,6 +493,7 @@ mod tests {
         let many = SceneEvent {
             scene_id: "s".into(),
             rev: 3,
+            prev_rev: None,
             change: SceneChange::Upsert {
                 storage_locations: (0..1500)
                     .map(|i| location(&format!("{i:04}"), "S1", i))
@@ -507,6 +516,7 @@ mod tests {
         let removal = SceneEvent {
             scene_id: "s".into(),
             rev: 3,
+            prev_rev: None,
             change: SceneChange::Remove {
                 ids: vec!["a".into()],
             },

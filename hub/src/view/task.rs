@@ -34,6 +34,10 @@ impl View for TaskView {
         event.rev
     }
 
+    fn event_prev_rev(event: &TaskEvent) -> Option<u64> {
+        event.prev_rev
+    }
+
     fn tip_rev(tip: &TaskTip) -> u64 {
         tip.rev
     }
@@ -96,6 +100,7 @@ mod tests {
         TaskEvent {
             task_record_id: "t".into(),
             rev,
+            prev_rev: None,
             change: TaskChange::Append {
                 index,
                 results: (from..from + count).map(result).collect(),
@@ -139,6 +144,7 @@ mod tests {
         let replace = TaskEvent {
             task_record_id: "t".into(),
             rev: 2,
+            prev_rev: None,
             change: TaskChange::Replace {
                 results: vec![result(9)],
             },

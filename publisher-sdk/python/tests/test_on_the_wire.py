@@ -16,11 +16,13 @@ from nats.aio.msg import Msg
 
 from vwed_publisher import (
     BlockingPublisher,
+    LocationsRemove,
     LocationStatus,
     Publisher,
     StatusAction,
     StorageLocation,
     TaskAppend,
+    TaskReplace,
     TaskResult,
     TaskStatus,
     derive_action,
@@ -84,6 +86,9 @@ async def test_concurrent_coroutines_publish_a_key_in_rev_order(
         assert len(seen) == 100
         assert seen == sorted(seen), f"{key}: revs out of order"
         assert len(set(seen)) == 100
+        # However the coroutines interleaved, each event names the one before it.
+        chain = [p.get("prev_rev") for p in wire.payloads(f"vwed.task.{key}.execution")]
+        assert chain == [None, *seen[:-1]], key
 
 
 async def test_many_threads_through_one_blocking_publisher_stay_in_rev_order(
@@ -116,6 +121,8 @@ async def test_many_threads_through_one_blocking_publisher_stay_in_rev_order(
     seen = [p["rev"] for p in wire.payloads("vwed.scene.s-1.storage")]
     assert seen == sorted(returned)
     assert len(set(seen)) == 400
+    chain = [p.get("prev_rev") for p in wire.payloads("vwed.scene.s-1.storage")]
+    assert chain == [None, *seen[:-1]]
 
 
 @pytest.mark.parametrize(
@@ -339,3 +346,181 @@ async def test_values_changed_after_they_were_built_are_checked_before_sending(
     await publisher.append_task_results("t-1", 0, [result])
     await publisher.upsert_locations("s-1", [location])
     await wire.wait_for(2)
+
+
+def events(wire: Recorder, subject: str) -> list[dict[str, Any]]:
+    """The events on ``subject``, tips left out."""
+    return [p for p in wire.payloads(subject) if "tip" not in (p.get("op"), p.get("kind"))]
+
+
+def chain_of(payloads: list[dict[str, Any]]) -> list[tuple[int, int | None]]:
+    """Each payload's rev and prev_rev (``None`` when it has none)."""
+    return [(p["rev"], p.get("prev_rev")) for p in payloads]
+
+
+async def test_each_event_names_the_rev_published_for_its_key_before_it(
+    nc: Client, publisher: Publisher
+) -> None:
+    # A hub holding a key below an event's prev_rev lost an event in between and re-snapshots.
+    wire = await record(nc, ">")
+    status = LocationStatus(
+        id="L-1", is_occupied=True, is_locked=False, is_disabled=False, is_empty_tray=False
+    )
+    t1 = await publisher.append_task_results("t-1", 0, [running("a")])
+    t2 = await publisher.append_task_results("t-2", 0, [running("a")])
+    t1_next = await publisher.replace_task_results("t-1", [running("a"), running("b")])
+    await publisher.publish_task(TaskAppend("t-1", t1_next + 10, 2, [running("c")]))
+    s1 = await publisher.status_change("场景 1", "A-1", StatusAction.OCCUPY, status)
+    s1_next = await publisher.upsert_locations("场景 1", [])
+    s1_last = await publisher.remove_locations("场景 1", ["L-1"])
+    await publisher.publish_scene(LocationsRemove("场景 1", s1_last + 5, ["L-2"]))
+    # The same id as a scene is another key.
+    t2_as_scene = await publisher.remove_locations("t-2", ["L-1"])
+    t2_next = await publisher.append_task_results("t-2", 1, [running("b")])
+    await publisher.flush()
+    await wire.wait_for(10)
+
+    assert chain_of(events(wire, "vwed.task.t-1.execution")) == [
+        (t1, None),
+        (t1_next, t1),
+        (t1_next + 10, t1_next),
+    ]
+    assert chain_of(events(wire, "vwed.task.t-2.execution")) == [(t2, None), (t2_next, t2)]
+    assert chain_of(events(wire, "vwed.scene.~5Zy65pmvIDE.storage")) == [
+        (s1, None),
+        (s1_next, s1),
+        (s1_last, s1_next),
+        (s1_last + 5, s1_last),
+    ]
+    assert chain_of(events(wire, "vwed.scene.t-2.storage")) == [(t2_as_scene, None)]
+    # On the wire it comes right after rev, as in the golden vectors.
+    first, second = [m for s, m in wire.messages if s == "vwed.task.t-2.execution"]
+    assert list(first) == ["task_record_id", "rev", "op", "index", "results"]
+    assert list(second) == ["task_record_id", "rev", "prev_rev", "op", "index", "results"]
+
+
+async def test_a_tip_without_an_event_is_the_next_events_prev_rev(
+    nc: Client, publisher: Publisher
+) -> None:
+    wire = await record(nc, ">")
+    appended = await publisher.append_task_results("t-1", 0, [running("a")])
+    task_tip = await publisher.tip_task("t-1")
+    after = await publisher.append_task_results("t-1", 1, [running("b")])
+    scene_tip = await publisher.tip_scene("s-1")
+    scene_event = await publisher.remove_locations("s-1", ["L-1"])
+    await publisher.flush()
+    await wire.wait_for(5)
+    assert chain_of(wire.payloads("vwed.task.t-1.execution")) == [
+        (appended, None),
+        (task_tip, None),  # a tip never carries a prev_rev
+        (after, task_tip),
+    ]
+    assert chain_of(wire.payloads("vwed.scene.s-1.storage")) == [
+        (scene_tip, None),
+        (scene_event, scene_tip),
+    ]
+
+
+async def test_a_callers_own_prev_rev_is_sent_as_given(nc: Client, publisher: Publisher) -> None:
+    wire = await record(nc, ">")
+    first = await publisher.replace_task_results("t-1", [running("a")])
+    # The caller knows better (say, its own store's previous version): it is kept.
+    own = TaskReplace("t-1", first + 10, [running("a")], prev_rev=first - 5)
+    await publisher.publish_task(own)
+    await publisher.publish_scene(LocationsRemove("s-1", 20, ["L-1"], prev_rev=19))
+    # The publisher's own filling does not change the caller's event: sent again with a new
+    # rev, it names the rev sent just before, not a stale one.
+    reused = LocationsRemove("s-1", 30, ["L-1"])
+    await publisher.publish_scene(reused)
+    assert reused.prev_rev is None
+    reused.rev = 40
+    await publisher.publish_scene(reused)
+    await publisher.flush()
+    await wire.wait_for(5)
+    assert chain_of(wire.payloads("vwed.task.t-1.execution")) == [
+        (first, None),
+        (first + 10, first - 5),
+    ]
+    assert chain_of(wire.payloads("vwed.scene.s-1.storage")) == [(20, 19), (30, 20), (40, 30)]
+    # Refused before anything is sent, like a bad rev.
+    with pytest.raises(ValueError, match="prev_rev must be below rev"):
+        await publisher.publish_task(TaskReplace("t-1", 50, [], prev_rev=50))
+    reused.rev, reused.prev_rev = 50, -1
+    with pytest.raises(ValueError, match="prev_rev must be an unsigned 64-bit integer"):
+        await publisher.publish_scene(reused)
+    await publisher.flush()
+    await asyncio.sleep(0.1)
+    assert len(wire.messages) == 5
+
+
+async def test_an_event_below_the_last_rev_sent_names_no_prev_rev(
+    nc: Client, publisher: Publisher
+) -> None:
+    # Out of order (every hub drops it): prev_rev must stay below rev, so it is left out.
+    wire = await record(nc, ">")
+    await publisher.publish_scene(LocationsRemove("s-1", 20, ["L-1"]))
+    await publisher.publish_scene(LocationsRemove("s-1", 10, ["L-1"]))
+    await publisher.publish_scene(LocationsRemove("s-1", 20, ["L-1"]))
+    await publisher.publish_scene(LocationsRemove("s-1", 21, ["L-1"]))
+    await publisher.flush()
+    await wire.wait_for(4)
+    assert chain_of(wire.payloads("vwed.scene.s-1.storage")) == [
+        (20, None),
+        (10, None),
+        (20, None),
+        (21, 20),
+    ]
+
+
+async def test_with_tips_off_no_prev_rev_is_filled_in(nats_server: NatsServer, nc: Client) -> None:
+    # Nothing is remembered per key then (it would never be forgotten either).
+    wire = await record(nc, ">")
+    publisher = await Publisher.connect(nats_server.url, tip_interval=None)
+    try:
+        first = await publisher.append_task_results("t-1", 0, [running("a")])
+        second = await publisher.append_task_results("t-1", 1, [running("b")])
+        tip = await publisher.tip_task("t-1")
+        third = await publisher.append_task_results("t-1", 2, [running("c")])
+        await publisher.publish_scene(LocationsRemove("s-1", 20, ["L-1"]))
+        await publisher.publish_scene(LocationsRemove("s-1", 21, ["L-1"], prev_rev=20))
+        await publisher.flush()
+        await wire.wait_for(6)
+    finally:
+        await publisher.close()
+    assert chain_of(wire.payloads("vwed.task.t-1.execution")) == [
+        (first, None),
+        (second, None),
+        (tip, None),
+        (third, None),
+    ]
+    # A caller's own prev_rev is still sent.
+    assert chain_of(wire.payloads("vwed.scene.s-1.storage")) == [(20, None), (21, 20)]
+
+
+async def test_the_blocking_publisher_chains_events_the_same_way(
+    nats_server: NatsServer, nc: Client
+) -> None:
+    wire = await record(nc, ">")
+
+    def publish() -> list[int]:
+        with BlockingPublisher.connect(nats_server.url) as bp:
+            revs = [
+                bp.append_task_results("t-1", 0, [running("a")]),
+                bp.tip_task("t-1"),
+                bp.replace_task_results("t-1", [running("a")]),
+                bp.remove_locations("s-1", ["L-1"]),
+            ]
+            bp.publish_task(TaskAppend("t-1", revs[2] + 1, 1, [running("b")]))
+            bp.publish_scene(LocationsRemove("s-1", revs[3] + 1, ["L-2"], prev_rev=7))
+            bp.flush()
+            return revs
+
+    first, tip, replaced, removed = await asyncio.to_thread(publish)
+    await wire.wait_for(6)
+    assert chain_of(wire.payloads("vwed.task.t-1.execution")) == [
+        (first, None),
+        (tip, None),
+        (replaced, tip),
+        (replaced + 1, replaced),
+    ]
+    assert chain_of(wire.payloads("vwed.scene.s-1.storage")) == [(removed, None), (removed + 1, 7)]

@@ -16,12 +16,14 @@ from vwed_publisher import (
     LocationsRemove,
     LocationStatus,
     LocationsUpsert,
+    SceneEvent,
     SceneSnapshot,
     StatusAction,
     StatusChange,
     StorageLocation,
     Subjects,
     TaskAppend,
+    TaskEvent,
     TaskReplace,
     TaskResult,
     TaskSnapshot,
@@ -32,7 +34,13 @@ from vwed_publisher import (
     timestamp_now,
     validate_id,
 )
-from vwed_publisher.wire import NOT_FOUND, scene_tip_json, task_tip_json, to_json
+from vwed_publisher.wire import (
+    NOT_FOUND,
+    chained_event_json,
+    scene_tip_json,
+    task_tip_json,
+    to_json,
+)
 
 VECTORS = Path(__file__).resolve().parents[2] / "vectors"
 
@@ -89,26 +97,43 @@ def locations(items: list[dict[str, Any]]) -> list[StorageLocation]:
     return [StorageLocation(**item) for item in items]
 
 
+def build_event(kind: str, value: dict[str, Any]) -> TaskEvent | SceneEvent | None:
+    """A vector's typed event, with its ``prev_rev`` if it has one; ``None`` for other types."""
+    v = value
+    prev_rev = v.get("prev_rev")
+    if kind == "task_append":
+        return TaskAppend(
+            v["task_record_id"], v["rev"], v["index"], results(v["results"]), prev_rev=prev_rev
+        )
+    if kind == "task_replace":
+        return TaskReplace(v["task_record_id"], v["rev"], results(v["results"]), prev_rev=prev_rev)
+    if kind == "scene_status_change":
+        return StatusChange(
+            v["scene_id"],
+            v["rev"],
+            v["layer_name"],
+            v["action"],
+            LocationStatus(**v["new_status"]),
+            v["timestamp"],
+            prev_rev=prev_rev,
+        )
+    if kind == "scene_upsert":
+        return LocationsUpsert(
+            v["scene_id"], v["rev"], locations(v["storage_locations"]), prev_rev=prev_rev
+        )
+    if kind == "scene_remove":
+        return LocationsRemove(v["scene_id"], v["rev"], v["ids"], prev_rev=prev_rev)
+    return None
+
+
 def build(kind: str, value: dict[str, Any]) -> bytes:
     """The SDK's bytes for a vector's typed value."""
     v = dict(value)
-    if kind == "task_append":
-        return to_json(TaskAppend(v["task_record_id"], v["rev"], v["index"], results(v["results"])))
-    if kind == "task_replace":
-        return to_json(TaskReplace(v["task_record_id"], v["rev"], results(v["results"])))
+    event = build_event(kind, v)
+    if event is not None:
+        return to_json(event)
     if kind == "task_tip":
         return task_tip_json(v["task_record_id"], v["rev"])
-    if kind == "scene_status_change":
-        status = LocationStatus(**v["new_status"])
-        event = StatusChange(
-            v["scene_id"], v["rev"], v["layer_name"], v["action"], status, v["timestamp"]
-        )
-        return to_json(event)
-    if kind == "scene_upsert":
-        upsert = LocationsUpsert(v["scene_id"], v["rev"], locations(v["storage_locations"]))
-        return to_json(upsert)
-    if kind == "scene_remove":
-        return to_json(LocationsRemove(v["scene_id"], v["rev"], v["ids"]))
     if kind == "scene_tip":
         return scene_tip_json(v["scene_id"], v["rev"])
     if kind == "task_snapshot":
@@ -119,6 +144,35 @@ def build(kind: str, value: dict[str, Any]) -> bytes:
     if kind == "not_found":
         return NOT_FOUND
     raise AssertionError(f"unknown vector type {kind}")
+
+
+CHAINED = [case for case in load("payloads")["cases"] if "prev_rev" in case["value"]]
+"""The events whose vectors name a ``prev_rev``."""
+
+
+def test_some_vectors_of_each_key_kind_name_a_prev_rev() -> None:
+    assert {case["type"].split("_")[0] for case in CHAINED} == {"task", "scene"}
+
+
+@pytest.mark.parametrize("case", CHAINED, ids=lambda c: f"{c['type']}: {c['why']}")
+def test_a_prev_rev_filled_in_by_the_publisher_writes_the_same_json(case: dict[str, Any]) -> None:
+    # The publisher does not set prev_rev on the caller's event: it writes the event chained
+    # to the rev it remembers. Those bytes are the vector's too.
+    value = dict(case["value"])
+    prev_rev = value.pop("prev_rev")
+    event = build_event(case["type"], value)
+    assert event is not None
+    assert chained_event_json(event, prev_rev).decode() == case["json"]
+    assert event.prev_rev is None
+    # Without a remembered rev, or with one not below the event's, it is left out.
+    unchained = to_json(event).decode()
+    assert '"prev_rev"' not in unchained
+    assert chained_event_json(event, None).decode() == unchained
+    assert chained_event_json(event, event.rev).decode() == unchained
+    # An event's own prev_rev is kept, whatever the publisher remembers.
+    event.prev_rev = prev_rev
+    assert chained_event_json(event, prev_rev - 1).decode() == case["json"]
+    assert chained_event_json(event, None).decode() == case["json"]
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ VWED task engines and storage services use this package to:
 
 * **publish change events** (task results; storage-location status changes, upserts and
   removals), each on its key's NATS subject with a ``rev`` that orders it;
-* **tip** the keys they published recently, so that a hub which lost an event over core NATS
-  heals within one tip interval;
+* **tip** the keys they published recently, and name in each event the rev sent for its key
+  before it (``prev_rev``), so that a hub which lost an event over core NATS heals within one
+  tip interval, or at the key's next event;
 * **answer snapshot requests**: when a hub needs a key's current state it asks over NATS
   request/reply, and a handler the service supplies answers, in a queue group shared by every
   replica of the service (Rust or Python).

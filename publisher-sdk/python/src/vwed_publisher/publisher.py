@@ -39,11 +39,11 @@ from .wire import (
     TaskReplace,
     TaskResult,
     TaskSnapshot,
+    chained_event_json,
     listed,
     scene_tip_json,
     task_tip_json,
     timestamp_now,
-    to_json,
 )
 
 log = logging.getLogger("vwed_publisher")
@@ -70,7 +70,9 @@ class Publisher:
     One publisher serves any number of coroutines: a key's events reach NATS in rev order
     however many publish at once. It also tips every key it published in the last
     ``tip_window`` seconds, every ``tip_interval`` seconds and at once after a NATS reconnect, so
-    that a hub which lost an event heals within one tip interval.
+    that a hub which lost an event heals within one tip interval. Each event it sends in that
+    window names the key's previous rev (``prev_rev``), so that a hub which lost an event
+    between two others notices it with the next one.
 
     Example::
 
@@ -181,23 +183,28 @@ class Publisher:
     # --- events with the caller's own revs -----------------------------------------------------
 
     async def publish_task(self, event: TaskEvent) -> None:
-        """Publish a task event exactly as given, with the caller's own ``rev``.
+        """Publish a task event as given, with the caller's own ``rev``.
 
         Publish each key's events in rev order: the hub drops an event whose rev is not above
-        the last one it saw for that key.
+        the last one it saw for that key. An event without a ``prev_rev`` is sent with the rev
+        this publisher last sent for the key, if it remembers one below ``rev``; the event
+        object itself is not changed.
         """
         if not isinstance(event, (TaskAppend, TaskReplace)):
             raise TypeError(f"a task event is TaskAppend or TaskReplace, not {type(event)}")
         subject = self._subjects.task_events(event.task_record_id)
         event._check()
         async with self._in_rev_order:
-            await self._send(subject, True, event.task_record_id, event.rev, to_json(event))
+            payload = self._chained(subject, event)
+            await self._send(subject, True, event.task_record_id, event.rev, payload)
 
     async def publish_scene(self, event: SceneEvent) -> None:
-        """Publish a scene event exactly as given, with the caller's own ``rev``.
+        """Publish a scene event as given, with the caller's own ``rev``.
 
         Publish each key's events in rev order: the hub drops an event whose rev is not above
-        the last one it saw for that key.
+        the last one it saw for that key. An event without a ``prev_rev`` is sent with the rev
+        this publisher last sent for the key, if it remembers one below ``rev``; the event
+        object itself is not changed.
         """
         if not isinstance(event, (StatusChange, LocationsUpsert, LocationsRemove)):
             raise TypeError(
@@ -207,7 +214,8 @@ class Publisher:
         subject = self._subjects.scene_events(event.scene_id)
         event._check()
         async with self._in_rev_order:
-            await self._send(subject, False, event.scene_id, event.rev, to_json(event))
+            payload = self._chained(subject, event)
+            await self._send(subject, False, event.scene_id, event.rev, payload)
 
     # --- events with the clock's revs ------------------------------------------------------------
 
@@ -268,8 +276,17 @@ class Publisher:
         event._check()
         async with self._in_rev_order:
             event.rev = self._clock.next()
-            await self._send(subject, is_task, id, event.rev, to_json(event))
+            await self._send(subject, is_task, id, event.rev, self._chained(subject, event))
         return event.rev
+
+    def _chained(self, subject: str, event: TaskEvent | SceneEvent) -> bytes:
+        """The event's JSON, its ``prev_rev`` the last rev sent for the key unless it has one.
+
+        Called under the rev-order lock, right before the event is sent: the rev looked up is
+        then the one sent just before it for the key, however many coroutines publish the key
+        at once. With tips off no key is remembered, and no ``prev_rev`` is filled in.
+        """
+        return chained_event_json(event, self._recent.last_rev(subject))
 
     async def _send(self, subject: str, is_task: bool, id: str, rev: int, payload: bytes) -> None:
         if self._closed:

@@ -4,6 +4,11 @@ Core NATS delivers at most once, so an event can be lost on its way to a hub wit
 noticing. A tip names a key's latest rev; a hub that holds less takes a fresh snapshot. This
 module is the bookkeeping alone, with no I/O and no clock of its own, so it is tested directly;
 the publisher feeds it what it published and sends what it returns.
+
+It also chains events: a tip heals a key that lost its *last* event, but an event lost between
+two that arrive leaves the hub at the latest rev, with nothing to tip. Each event therefore
+names, as ``prev_rev``, the rev published for its key just before it (:meth:`RecentKeys.last_rev`),
+and a hub that holds less knows it missed one.
 """
 
 from __future__ import annotations
@@ -50,6 +55,16 @@ class RecentKeys:
         else:
             recent.rev = max(recent.rev, rev)
             recent.published_at = now
+
+    def last_rev(self, subject: str) -> int | None:
+        """The highest rev published on ``subject`` while it is remembered, else ``None``.
+
+        Published in rev order, as the publisher does, that is the rev of the event (or tip)
+        just before the next one: what the next event names as ``prev_rev``. A key forgotten
+        after its window has none, and its next event starts a new chain.
+        """
+        recent = self._keys.get(subject)
+        return None if recent is None else recent.rev
 
     def tips(self, now: float) -> list[tuple[str, bytes]]:
         """The tips to send at ``now``, as (subject, payload); forgets keys past the window."""

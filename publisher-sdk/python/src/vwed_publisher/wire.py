@@ -168,6 +168,38 @@ def _check_rev(rev: Any) -> None:
         raise ValueError(f"rev must be an unsigned 64-bit integer, not {rev}")
 
 
+def _check_prev_rev(prev_rev: Any, rev: int) -> None:
+    if prev_rev is None:
+        return
+    if not _is_int(prev_rev):
+        raise TypeError(f"prev_rev must be int or None, not {type(prev_rev).__name__}")
+    if not 0 <= prev_rev <= MAX_REV:
+        raise ValueError(f"prev_rev must be an unsigned 64-bit integer, not {prev_rev}")
+    # The events of a key before this one all have lower revs: a hub refuses an event whose
+    # prev_rev is not below its rev as malformed, so it would be lost, unseen, on every hub.
+    if not prev_rev < rev:
+        raise ValueError(f"prev_rev must be below rev ({rev}), not {prev_rev}")
+
+
+def _check_chain(event: TaskEvent | SceneEvent) -> None:
+    """Check ``rev`` and ``prev_rev`` of an event built with a ``prev_rev``.
+
+    Run when such an event is built (an event built without one gets its rev from the
+    publisher's clock, or is checked when sent), so that a wrong chain raises where it is made.
+    """
+    if event.prev_rev is not None:
+        _check_rev(event.rev)
+        _check_prev_rev(event.prev_rev, event.rev)
+
+
+def _head(key_field: str, key: str, rev: int, prev_rev: int | None) -> dict[str, Any]:
+    """An event's first fields in wire order: its key, ``rev``, and ``prev_rev`` when known."""
+    head: dict[str, Any] = {key_field: key, "rev": rev}
+    if prev_rev is not None:
+        head["prev_rev"] = prev_rev
+    return head
+
+
 def _check_list(name: str, items: Any, kind: type) -> None:
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise TypeError(f"{name} must be a list of {kind.__name__}, not {type(items).__name__}")
@@ -445,19 +477,29 @@ class TaskAppend:
     """Position of the first result in the task's full list."""
     results: list[TaskResult]
     """The new results, in order."""
+    prev_rev: int | None = field(default=None, kw_only=True)
+    """The rev published for the key just before this event (event or tip), or ``None`` when
+    unknown: then left out of the JSON. A hub that holds the key below it missed an event and
+    takes a snapshot. Left ``None``, the publisher sends the rev it last sent for the key."""
 
     op: ClassVar[str] = "append"
 
+    def __post_init__(self) -> None:
+        _check_chain(self)
+
     def _check(self) -> None:
         _check_rev(self.rev)
+        _check_prev_rev(self.prev_rev, self.rev)
         if not _is_int(self.index) or not 0 <= self.index <= MAX_REV:
             raise ValueError(f"index must be a non-negative int, not {self.index!r}")
         _check_list("results", self.results, TaskResult)
 
     def _wire(self) -> dict[str, Any]:
+        return self._wire_chained(self.prev_rev)
+
+    def _wire_chained(self, prev_rev: int | None) -> dict[str, Any]:
         return {
-            "task_record_id": self.task_record_id,
-            "rev": self.rev,
+            **_head("task_record_id", self.task_record_id, self.rev, prev_rev),
             "op": "append",
             "index": self.index,
             "results": self.results,
@@ -474,17 +516,27 @@ class TaskReplace:
     """Version of the task's result list after this change; strictly increasing per task."""
     results: list[TaskResult]
     """The full list, in the order the owner appended it."""
+    prev_rev: int | None = field(default=None, kw_only=True)
+    """The rev published for the key just before this event (event or tip), or ``None`` when
+    unknown: then left out of the JSON. A hub that holds the key below it missed an event and
+    takes a snapshot. Left ``None``, the publisher sends the rev it last sent for the key."""
 
     op: ClassVar[str] = "replace"
 
+    def __post_init__(self) -> None:
+        _check_chain(self)
+
     def _check(self) -> None:
         _check_rev(self.rev)
+        _check_prev_rev(self.prev_rev, self.rev)
         _check_list("results", self.results, TaskResult)
 
     def _wire(self) -> dict[str, Any]:
+        return self._wire_chained(self.prev_rev)
+
+    def _wire_chained(self, prev_rev: int | None) -> dict[str, Any]:
         return {
-            "task_record_id": self.task_record_id,
-            "rev": self.rev,
+            **_head("task_record_id", self.task_record_id, self.rev, prev_rev),
             "op": "replace",
             "results": self.results,
         }
@@ -506,11 +558,19 @@ class StatusChange:
     """The location's status after the change."""
     timestamp: str = field(default_factory=timestamp_now)
     """When it happened, UTC ISO 8601; now unless given."""
+    prev_rev: int | None = field(default=None, kw_only=True)
+    """The rev published for the key just before this event (event or tip), or ``None`` when
+    unknown: then left out of the JSON. A hub that holds the key below it missed an event and
+    takes a snapshot. Left ``None``, the publisher sends the rev it last sent for the key."""
 
     kind: ClassVar[str] = "status_change"
 
+    def __post_init__(self) -> None:
+        _check_chain(self)
+
     def _check(self) -> None:
         _check_rev(self.rev)
+        _check_prev_rev(self.prev_rev, self.rev)
         _check_fields(self, (("layer_name", _STR), ("action", _STR), ("timestamp", _STR)))
         if not isinstance(self.new_status, LocationStatus):
             raise TypeError(
@@ -519,9 +579,11 @@ class StatusChange:
         self.new_status._check()
 
     def _wire(self) -> dict[str, Any]:
+        return self._wire_chained(self.prev_rev)
+
+    def _wire_chained(self, prev_rev: int | None) -> dict[str, Any]:
         return {
-            "scene_id": self.scene_id,
-            "rev": self.rev,
+            **_head("scene_id", self.scene_id, self.rev, prev_rev),
             "kind": "status_change",
             "layer_name": self.layer_name,
             "action": self.action,
@@ -540,17 +602,27 @@ class LocationsUpsert:
     """Version of the scene after this change; strictly increasing per scene."""
     storage_locations: list[StorageLocation]
     """The records as they are now."""
+    prev_rev: int | None = field(default=None, kw_only=True)
+    """The rev published for the key just before this event (event or tip), or ``None`` when
+    unknown: then left out of the JSON. A hub that holds the key below it missed an event and
+    takes a snapshot. Left ``None``, the publisher sends the rev it last sent for the key."""
 
     kind: ClassVar[str] = "upsert"
 
+    def __post_init__(self) -> None:
+        _check_chain(self)
+
     def _check(self) -> None:
         _check_rev(self.rev)
+        _check_prev_rev(self.prev_rev, self.rev)
         _check_list("storage_locations", self.storage_locations, StorageLocation)
 
     def _wire(self) -> dict[str, Any]:
+        return self._wire_chained(self.prev_rev)
+
+    def _wire_chained(self, prev_rev: int | None) -> dict[str, Any]:
         return {
-            "scene_id": self.scene_id,
-            "rev": self.rev,
+            **_head("scene_id", self.scene_id, self.rev, prev_rev),
             "kind": "upsert",
             "storage_locations": self.storage_locations,
         }
@@ -566,15 +638,30 @@ class LocationsRemove:
     """Version of the scene after this change; strictly increasing per scene."""
     ids: list[str]
     """Ids of the removed locations."""
+    prev_rev: int | None = field(default=None, kw_only=True)
+    """The rev published for the key just before this event (event or tip), or ``None`` when
+    unknown: then left out of the JSON. A hub that holds the key below it missed an event and
+    takes a snapshot. Left ``None``, the publisher sends the rev it last sent for the key."""
 
     kind: ClassVar[str] = "remove"
 
+    def __post_init__(self) -> None:
+        _check_chain(self)
+
     def _check(self) -> None:
         _check_rev(self.rev)
+        _check_prev_rev(self.prev_rev, self.rev)
         _check_list("ids", self.ids, str)
 
     def _wire(self) -> dict[str, Any]:
-        return {"scene_id": self.scene_id, "rev": self.rev, "kind": "remove", "ids": self.ids}
+        return self._wire_chained(self.prev_rev)
+
+    def _wire_chained(self, prev_rev: int | None) -> dict[str, Any]:
+        return {
+            **_head("scene_id", self.scene_id, self.rev, prev_rev),
+            "kind": "remove",
+            "ids": self.ids,
+        }
 
 
 TaskEvent = TaskAppend | TaskReplace
@@ -685,6 +772,21 @@ _encode = _make_encode()
 def to_json(value: Any) -> bytes:
     """The exact JSON bytes of an event, a snapshot reply or a value of this module."""
     return _encode(value).encode()
+
+
+def chained_event_json(event: TaskEvent | SceneEvent, last_rev: int | None) -> bytes:
+    """The JSON bytes of ``event``, chained to ``last_rev`` when it names no ``prev_rev``.
+
+    ``last_rev`` is the rev its publisher last sent for the key (event or tip), if it knows one.
+    It becomes the ``prev_rev`` only when below the event's rev: an event at or below a rev
+    already sent is dropped by every hub anyway, and ``prev_rev`` must stay below ``rev``. The
+    event itself is left unchanged, so a caller that sends one event object again, or reuses
+    it with a new rev, never sends a stale ``prev_rev`` as if it were its own.
+    """
+    prev_rev = event.prev_rev
+    if prev_rev is None and last_rev is not None and last_rev < event.rev:
+        prev_rev = last_rev
+    return to_json(event._wire_chained(prev_rev))
 
 
 def task_tip_json(task_record_id: str, rev: int) -> bytes:
