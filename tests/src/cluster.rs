@@ -908,9 +908,13 @@ fn record(log: &Mutex<PanelLog>, endpoint: Endpoint, text: &str) {
 /// Waits until every panel holds what the owner would answer to a snapshot (see
 /// [`Panel::holds`]), giving up after `within`. Returns a description of each panel that did
 /// not get there: what was lost. Call it once publishing has stopped.
-pub async fn converge(owner: &Owner, panels: &[Panel], within: Duration) -> Vec<String> {
+pub async fn converge<'a>(
+    owner: &Owner,
+    panels: impl IntoIterator<Item = &'a Panel>,
+    within: Duration,
+) -> Vec<String> {
     let deadline = Instant::now() + within;
-    let checks = panels.iter().map(|panel| async move {
+    let checks = panels.into_iter().map(|panel| async move {
         loop {
             let expected = panel.endpoint.expected(owner, &panel.key).await;
             if panel.holds(&expected).await {

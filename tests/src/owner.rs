@@ -415,7 +415,8 @@ impl Owner {
         json!(locations)
     }
 
-    async fn flush(&self) {
+    /// Waits (at most 2 s) until NATS has what was published.
+    pub async fn flush(&self) {
         // While NATS is down the publish is buffered by the client and flush would wait for the
         // reconnect; tests that stop NATS do not need it to return.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.publisher.flush()).await;

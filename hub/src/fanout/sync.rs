@@ -290,6 +290,10 @@ impl<V: View> SyncCore<V> {
             tracing::info!(kind = V::KIND.label(), id = %self.id, held = ?self.view_rev, tip = rev, ?delay,
                 "a tip names a rev above the view's: events were lost; taking a fresh snapshot");
             self.load_after(delay, None, effects);
+            // The snapshot must reach the tip, as one that comes while loading.
+            if let Phase::Loading(loading) = &mut self.phase {
+                loading.tip_rev = Some(rev);
+            }
         }
     }
 
@@ -431,6 +435,12 @@ impl<V: View> SyncCore<V> {
             waiting.tip_rev = loading.tip_rev;
             self.phase = Phase::Loading(waiting);
             effects.retry_in(retry_delay(self.gaps));
+        } else if tip_uncovered && self.gaps > MAX_STALE_REFUSALS {
+            // The owner tips a rev its snapshots never reach: its handler does not read the rev
+            // it tipped (e.g. a fresh clock rev it never stored). Asking on would poll it for
+            // good; the view serves what it answered, and the owner's next tip tries again.
+            tracing::warn!(kind = V::KIND.label(), id = %self.id, tip = ?loading.tip_rev, rev = ?self.view_rev,
+                "snapshots keep answering below the owner's tip; serving them until the next tip");
         } else if tip_uncovered {
             tracing::info!(kind = V::KIND.label(), id = %self.id, tip = ?loading.tip_rev, rev = ?self.view_rev,
                 "the snapshot is older than a tip that came meanwhile; taking another");
@@ -666,6 +676,26 @@ pub(super) mod tests {
         answer(&mut core, &mut effects, found(9, &["a", "b"]));
         assert!(core.is_live());
         assert_eq!(rendered(&core), rendered_of(found(9, &["a", "b"])));
+    }
+
+    #[test]
+    fn snapshots_that_never_reach_a_tip_are_served_after_a_few_tries_not_polled_for_good() {
+        let (mut core, mut effects) = live(5, &["a"]);
+        core.on_tip(9, &mut effects);
+        for attempt in 1..=MAX_STALE_REFUSALS + 1 {
+            assert!(!core.is_live(), "attempt {attempt}");
+            if effects.retry.take().is_some() {
+                core.on_retry_due(&mut effects);
+            }
+            answer(&mut core, &mut effects, found(8, &["a", "b"]));
+        }
+        assert!(core.is_live(), "given up until the next tip");
+        assert_eq!(rendered(&core), rendered_of(found(8, &["a", "b"])));
+        assert_eq!(effects.requests, 1 + MAX_STALE_REFUSALS + 1);
+        // The owner's next tip tries again, spaced out since its tips went unexplained.
+        core.on_tip(9, &mut effects);
+        assert!(!core.is_live());
+        assert!(effects.retry.is_some_and(|delay| delay > Duration::ZERO));
     }
 
     fn rendered_of(reply: Reply<TaskView>) -> String {
