@@ -12,14 +12,14 @@ use vwed_publisher::{StorageLocation, Subjects};
 
 use crate::cli::{
     ClientArgs, CompareArgs, ConnectStormArgs, FanoutArgs, IdleArgs, ManyKeysArgs, SlowClientArgs,
-    StorageArgs, TargetArgs,
+    StorageArgs,
 };
 use crate::client::{self, Dial, StreamSpec};
 use crate::owner::{Owner, Pacer};
 use crate::pool::{Connected, Delivered, Pool};
 use crate::procfs::{self, CpuMeter};
 use crate::report::{print_table, ratio, Report};
-use crate::target::{Env, Target, TargetKind};
+use crate::target::{Env, Target, TargetArgs, TargetKind};
 use crate::worker::Job;
 
 /// The hub message type of task deliveries.

@@ -11,7 +11,43 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::cli::TargetArgs;
+/// Where the servers are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
+    /// A running hub to measure, e.g. ws://127.0.0.1:8000. Unset: the bench starts its own hub
+    /// process on a free port, against the NATS server it uses.
+    #[arg(long, value_name = "URL")]
+    pub hub_url: Option<String>,
+
+    /// The pid of the hub given by --hub-url, so that its RSS and CPU can be read from /proc.
+    #[arg(long, value_name = "PID")]
+    pub hub_pid: Option<u32>,
+
+    /// The NATS server the hub uses, where the bench publishes and answers snapshots. Unset:
+    /// the bench starts its own nats-server (from PATH) on a free port.
+    #[arg(long, value_name = "URL")]
+    pub nats_url: Option<String>,
+
+    /// nats-server's WebSocket listener, for the nats-server target (e.g. ws://127.0.0.1:8080);
+    /// needed only with --nats-url, since the bench's own nats-server enables one.
+    #[arg(long, value_name = "URL")]
+    pub nats_ws_url: Option<String>,
+
+    /// The pid of the nats-server behind --nats-ws-url, for its RSS and CPU.
+    #[arg(long, value_name = "PID")]
+    pub nats_pid: Option<u32>,
+
+    /// An extra flag for the hub the bench starts, e.g. --hub-arg=--client-queue=1024
+    /// (repeatable).
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    pub hub_arg: Vec<String>,
+
+    /// Every client offers permessage-deflate, as browsers do, and the nats-server the bench
+    /// starts compresses on its WebSocket listener (`compression: true`). The hub accepts the
+    /// extension by default.
+    #[arg(long)]
+    pub compression: bool,
+}
 
 /// How long a started process may take to accept connections.
 const START_PATIENCE: Duration = Duration::from_secs(20);

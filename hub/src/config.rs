@@ -63,7 +63,9 @@ pub struct Config {
     #[arg(long, env = "VWED_CLIENT_QUEUE", default_value_t = 256)]
     pub client_queue: usize,
 
-    /// How long one socket write may block before the client is considered gone.
+    /// How long one socket write may block before the client is considered gone: a WebSocket
+    /// client is then dropped; an HTTP response the client does not read (a page asset,
+    /// /metrics) ends its connection 2 s later.
     #[arg(long, env = "VWED_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod demo;
 pub mod fanout;
 pub mod memory;
 pub mod messages;
@@ -32,13 +33,13 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use vwed_demo::{Demo, DemoConfig};
 use vwed_publisher::security::redact_url;
-use vwed_publisher::{MemoryBus, Publisher, Subjects};
+use vwed_publisher::{MemoryBus, Subjects};
 
 use crate::auth::Auth;
-use crate::broker::{server_list, Broker, MemoryBroker, NatsBroker};
+use crate::broker::{Broker, MemoryBroker, NatsBroker};
 use crate::config::Config;
+use crate::demo::Demo;
 use crate::fanout::{FanOut, TopicContext};
 use crate::metrics::Metrics;
 use crate::serve::HttpSettings;
@@ -49,6 +50,10 @@ use crate::ws::deflate::Compression;
 use crate::ws::ConnectionSettings;
 
 pub use config::Config as HubConfig;
+
+/// How much longer than `--write-timeout` a socket write may stall before the connection ends
+/// beneath whatever is using it (see [`serve::StallLimited`]).
+const WRITE_STALL_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A running hub.
 pub struct Hub {
@@ -106,14 +111,14 @@ impl Hub {
         };
         // The demo answers snapshots before the first client can ask for one.
         let demo = if config.demo {
-            Some(start_demo(&config, bus.as_ref()).await?)
+            Some(demo::start(&config, bus.as_ref()).await?)
         } else {
             None
         };
         let mut hub = Self::start_with_broker(config, broker).await?;
         hub.bus = bus;
         if let Some(demo) = demo {
-            announce_demo(&demo, hub.local_addr, hub.tls).await;
+            demo::announce(&demo, &browsable(hub.local_addr), hub.tls).await;
             hub.demo = Some(demo);
         }
         Ok(hub)
@@ -204,6 +209,9 @@ impl Hub {
         };
         let http = HttpSettings {
             header_read_timeout: config.http_header_timeout,
+            // Behind the WebSocket's own write timeout, so that it, not this, ends a slow
+            // WebSocket client (and says so in its metrics and close).
+            write_stall_limit: config.write_timeout + WRITE_STALL_BACKSTOP,
         };
         let server = tokio::spawn(async move {
             // HTTP connections (requests in hand, WebSocket handshakes, idle keep-alives),
@@ -296,42 +304,6 @@ impl Drop for Hub {
     }
 }
 
-/// Starts the simulated services on the hub's own broker: the embedded bus, or a NATS connection
-/// of their own.
-async fn start_demo(config: &Config, bus: Option<&MemoryBus>) -> anyhow::Result<Demo> {
-    let publisher = match (bus, &config.nats_url) {
-        (Some(bus), _) => Publisher::in_process(bus.clone()),
-        (None, url) => {
-            let url = url.as_deref().unwrap_or_default();
-            tracing::warn!(
-                "--demo on NATS: the demo answers snapshots for every key under the prefix \
-                 {:?}; run it on one hub only, and never beside real services on that prefix",
-                config.subject_prefix
-            );
-            let options = async_nats::ConnectOptions::new()
-                .name("vwed-hub-demo")
-                .retry_on_initial_connect()
-                .max_reconnects(None);
-            Publisher::new(
-                config
-                    .nats_security
-                    .security()
-                    .with_url_credentials(url)?
-                    .apply(options)?
-                    .connect(server_list(url))
-                    .await
-                    .context("the demo cannot reach NATS")?,
-            )
-        }
-    };
-    Demo::start(
-        publisher.with_prefix(config.subject_prefix.clone()),
-        DemoConfig::default(),
-    )
-    .await
-    .context("the demo could not start")
-}
-
 /// The port the hub serves on, as it is given to the sockets the hub is about to serve over.
 enum Listening {
     /// Plain HTTP and WebSocket.
@@ -341,21 +313,10 @@ enum Listening {
 }
 
 /// `addr` as a browser on this machine reaches it (`localhost` for an unspecified address).
-fn browsable(addr: SocketAddr) -> String {
+pub(crate) fn browsable(addr: SocketAddr) -> String {
     if addr.ip().is_unspecified() {
         format!("localhost:{}", addr.port())
     } else {
         addr.to_string()
     }
-}
-
-/// Logs what the demo runs and where to watch it.
-async fn announce_demo(demo: &Demo, addr: SocketAddr, tls: bool) {
-    let scenes = demo.scene_ids();
-    let tasks = demo.running_tasks().await;
-    let host = browsable(addr);
-    let scheme = if tls { "https" } else { "http" };
-    let first_scene = scenes.first().map(String::as_str).unwrap_or_default();
-    tracing::info!(scenes = ?scenes, tasks = ?tasks, "demo running");
-    tracing::info!("open {scheme}://{host}/?scene={first_scene} to watch it");
 }

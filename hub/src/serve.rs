@@ -4,9 +4,17 @@
 //! idle keep-alive connection, holds that socket and its file descriptor for ever (slowloris).
 //! Such connections are not WebSocket connections yet, so `--max-connections` does not count
 //! them.
+//!
+//! Nor does hyper bound a response's write: a client that sends requests and never reads the
+//! answers (pipelined, or one large enough to fill the socket's buffers) would hold the
+//! connection for ever. Every accepted socket is therefore [`StallLimited`]: a write that makes
+//! no progress for the limit fails, and the connection ends.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
@@ -15,6 +23,8 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
@@ -26,6 +36,10 @@ pub struct HttpSettings {
     /// starts waiting for it: on a new connection, and again after each response on a
     /// keep-alive one, so that it also bounds how long an idle connection stays open.
     pub header_read_timeout: Duration,
+    /// How long a write to a client's socket may make no progress before the connection ends:
+    /// an HTTP response the client does not read. Beneath a WebSocket it is a backstop only,
+    /// longer than the connection's own write timeout, which acts first.
+    pub write_stall_limit: Duration,
 }
 
 /// Accepts connections from `listener` until `stop`, serving each with `app` in a task that
@@ -65,7 +79,10 @@ pub async fn serve<L>(
             Err(never) => match never {},
         };
         let connection = http
-            .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+            .serve_connection(
+                TokioIo::new(StallLimited::new(io, settings.write_stall_limit)),
+                TowerToHyperService::new(service),
+            )
             .with_upgrades();
         let stop = stop.clone();
         open.spawn(async move {
@@ -95,5 +112,125 @@ pub fn no_delay(stream: &tokio::net::TcpStream) {
     if let Err(error) = stream.set_nodelay(true) {
         // The connection still works, only a little slower.
         tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+}
+
+/// A socket whose writes may not stall: a write (or flush, or shutdown) that stays pending for
+/// `limit` fails with [`io::ErrorKind::TimedOut`]. Reads are untouched (the header-read timeout
+/// and WebSocket pings bound them).
+pub struct StallLimited<S> {
+    /// The socket.
+    inner: S,
+    /// How long a write may make no progress.
+    limit: Duration,
+    /// Armed when a write finds the socket full, dropped as soon as one makes progress. Boxed,
+    /// so that a connection that is not stalled pays for a pointer, not for a timer.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> StallLimited<S> {
+    /// `inner`, whose writes may stall at most `limit`.
+    pub fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// What a write operation that returned `poll` means: progress disarms the timer; pending
+    /// arms it (once per stall) and fails when it has run out.
+    fn watch<T>(&mut self, poll: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {limit:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for StallLimited<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for StallLimited<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(poll, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(poll, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(poll, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(poll, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// A write into a pipe nobody reads fails once it has stalled for the limit; while the
+    /// reader keeps up, writes go on however long they take in all.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_stalls_past_the_limit_fails_and_one_that_progresses_does_not() {
+        let (writer, mut reader) = tokio::io::duplex(1024);
+        let mut limited = StallLimited::new(writer, Duration::from_secs(5));
+        let chunk = [7u8; 1024];
+        for _ in 0..20 {
+            // Each chunk fills the pipe; the reader drains it 4 s later, within the limit.
+            let drain = async {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                let mut sink = [0u8; 1024];
+                tokio::io::AsyncReadExt::read_exact(&mut reader, &mut sink).await
+            };
+            let (written, drained) = tokio::join!(limited.write_all(&chunk), drain);
+            written.expect("progress within the limit");
+            drained.expect("read");
+        }
+        limited.write_all(&chunk).await.expect("the pipe has room");
+        let started = tokio::time::Instant::now();
+        let error = limited.write_all(&chunk).await.expect_err("nobody reads");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 }

@@ -84,7 +84,7 @@ async fn websocket(
         Ok(handshake) => handshake,
         Err(not_a_handshake) => return not_a_handshake.into_response(),
     };
-    let metrics = state.fanout.context.metrics.clone();
+    let metrics = state.fanout.metrics().clone();
     if !state.admission.origin_allowed(&headers) {
         tracing::info!(endpoint = endpoint.segment(), %peer, origin = ?headers.get(header::ORIGIN), "origin not allowed");
         metrics.refused("origin not allowed");
@@ -140,7 +140,7 @@ async fn websocket(
 async fn ready(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
-    } else if state.fanout.context.broker.is_connected() {
+    } else if state.fanout.broker_connected() {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "broker not connected").into_response()
@@ -153,7 +153,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.fanout.context.metrics.render(),
+        state.fanout.metrics().render(),
     )
         .into_response()
 }

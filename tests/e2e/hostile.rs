@@ -17,7 +17,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use vwed_e2e::{
-    location, tokens, BrokerKind, Client, Owner, Received, TestBroker, TestHub, PATIENCE,
+    http_get, location, tokens, BrokerKind, Client, Owner, Received, TestBroker, TestHub, PATIENCE,
 };
 use vwed_hub::ws::deflate::offer::OFFER;
 use vwed_hub::ws::Endpoint;
@@ -1407,4 +1407,56 @@ fn panic_message(error: tokio::task::JoinError) -> String {
             .unwrap_or_else(|| "a panic".into()),
         Err(error) => error.to_string(),
     }
+}
+
+/// A client that sends requests and never reads the answers (here 200 pipelined requests for
+/// the page's script, with a small receive buffer) fills the hub's socket: the write stalls,
+/// and the hub ends the connection `--write-timeout` plus 2 s later instead of holding it for
+/// ever. Other clients are served all along.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_its_responses_is_disconnected_once_a_write_stalls() {
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+    const STALL_LIMIT: Duration = Duration::from_secs(3);
+    const REQUESTS: usize = 200;
+    let broker = TestBroker::start(BrokerKind::Memory).await;
+    let hub = TestHub::start_with(&broker, |c| c.write_timeout = WRITE_TIMEOUT).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("a small buffer");
+    let mut stream = socket.connect(hub.addr()).await.expect("connect");
+    let requests = "GET /app.js HTTP/1.1\r\nHost: hostile.test\r\n\r\n".repeat(REQUESTS);
+    stream
+        .write_all(requests.as_bytes())
+        .await
+        .expect("the requests go out");
+
+    // Not read for longer than the limit: the hub gives up on the connection meanwhile, while
+    // serving everyone else.
+    let deadline = tokio::time::Instant::now() + STALL_LIMIT + Duration::from_secs(1);
+    while tokio::time::Instant::now() < deadline {
+        assert_eq!(http_get(hub.addr(), "/healthz").await.0, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the connection is still open after {STALL_LIMIT:?} of a stalled write"
+    );
+    let answered = received
+        .windows(b"HTTP/1.1 200 OK".len())
+        .filter(|w| *w == b"HTTP/1.1 200 OK")
+        .count();
+    assert!(
+        (1..REQUESTS).contains(&answered),
+        "{answered} of {REQUESTS} responses arrived before the hub hung up"
+    );
 }

@@ -1,8 +1,10 @@
 //! Fan-out: from broker events to the connections that watch each key.
 //!
 //! [`Registry`] maps keys to `topic` tasks; each topic owns its key's view and its members'
-//! queues. Connections see only [`Registry::join`], [`Membership`] and their [`Inbox`].
+//! queues. Connections see only [`FanOut::join`], the [`Watcher`] it returns and their [`Inbox`].
 
+mod audience;
+mod context;
 mod mailbox;
 mod member;
 mod registry;
@@ -16,10 +18,13 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use crate::broker::BrokerEvent;
-use crate::view::{SceneView, TaskView};
+use crate::messages::Kind;
+use crate::metrics::Metrics;
+use crate::view::{LocationFilter, SceneView, TaskView};
 
+pub use context::TopicContext;
 pub use member::{outbox, Delivery, GiveUp, Inbox, Member, MemberId, Mode, Next, Outbox};
-pub use registry::{Membership, Registry, TopicContext};
+pub use registry::{Membership, Registry};
 
 /// How long lost-message notices are gathered before the snapshots they call for.
 const LOST_MESSAGES_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
@@ -31,7 +36,7 @@ pub struct FanOut {
     /// Scenes being watched.
     pub scenes: Registry<SceneView>,
     /// Broker, subjects, settings and metrics.
-    pub context: Arc<TopicContext>,
+    context: Arc<TopicContext>,
     /// Whether the broker connection has dropped since the hub started: only a connection
     /// after a drop counts as a reconnect (the first one is just the start).
     dropped_once: std::sync::atomic::AtomicBool,
@@ -46,6 +51,44 @@ impl FanOut {
             dropped_once: std::sync::atomic::AtomicBool::new(false),
             context,
         }
+    }
+
+    /// Adds a connection to the topic of key `id` of `kind`: realtime with `interval` (and, for
+    /// a scene, `filter`), or broadcast without one. Dropping what it returns leaves.
+    pub fn join(
+        &self,
+        kind: Kind,
+        id: &str,
+        interval: Option<std::time::Duration>,
+        filter: &LocationFilter,
+        outbox: Outbox,
+    ) -> Watcher {
+        match kind {
+            Kind::Task => {
+                let mode = interval.map_or(Mode::Broadcast, |interval| Mode::Realtime {
+                    filter: (),
+                    interval,
+                });
+                Watcher::Task(self.tasks.join(id, Member::new(mode, outbox)))
+            }
+            Kind::Scene => {
+                let mode = interval.map_or(Mode::Broadcast, |interval| Mode::Realtime {
+                    filter: filter.clone(),
+                    interval,
+                });
+                Watcher::Scene(self.scenes.join(id, Member::new(mode, outbox)))
+            }
+        }
+    }
+
+    /// Whether the broker is connected now: a hub without it cannot serve a new key.
+    pub fn broker_connected(&self) -> bool {
+        self.context.broker.is_connected()
+    }
+
+    /// Where the hub counts what it does.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.context.metrics
     }
 
     /// Keeps every topic in step with the broker: after a reconnect or lost messages, core NATS
@@ -105,6 +148,24 @@ impl FanOut {
                 tracing::warn!("the broker dropped messages for a subscriber that fell behind");
                 true
             }
+        }
+    }
+}
+
+/// One connection's place in its key's topic, whatever the key's kind. Dropping it leaves.
+pub enum Watcher {
+    /// A task record's topic.
+    Task(Membership<()>),
+    /// A scene's topic.
+    Scene(Membership<LocationFilter>),
+}
+
+impl Watcher {
+    /// Asks the topic to send this connection the current state now.
+    pub fn request_status(&self) {
+        match self {
+            Watcher::Task(membership) => membership.request_status(),
+            Watcher::Scene(membership) => membership.request_status(),
         }
     }
 }

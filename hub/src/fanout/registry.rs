@@ -8,42 +8,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use dashmap::DashMap;
-use vwed_publisher::Subjects;
 
+use super::context::TopicContext;
 use super::mailbox::{self, Sender};
 use super::member::{Member, MemberId};
-use super::topic::Topic;
-use crate::broker::Broker;
-use crate::metrics::Metrics;
+use super::topic::{Command, Departure, Topic};
 use crate::view::View;
-
-/// What every topic needs from the hub.
-pub struct TopicContext {
-    /// Where events come from and snapshots are requested.
-    pub broker: Arc<dyn Broker>,
-    /// Maps ids to subjects exactly as publishers do.
-    pub subjects: Subjects,
-    /// How long one snapshot request may take before it counts as failed.
-    pub snapshot_timeout: Duration,
-    /// Where topics count what they do.
-    pub metrics: Arc<Metrics>,
-}
-
-/// A request to a topic task.
-#[derive(Debug)]
-pub enum Command<F> {
-    /// A connection starts watching.
-    Join(Member<F>),
-    /// A connection stopped watching.
-    Leave(MemberId),
-    /// A connection asked for the current state.
-    GetStatus(MemberId),
-    /// Events may have been lost: take a fresh snapshot.
-    Resnapshot,
-}
 
 /// How the registry and connections reach one topic task.
 pub(super) struct TopicHandle<F> {
@@ -169,42 +141,21 @@ impl<V: View> Registry<V> {
             members: Arc::new(AtomicUsize::new(0)),
             commands,
         };
-        let topic = Topic::<V>::new(
-            id.to_owned(),
-            self.context.clone(),
-            Departure {
-                topics: self.topics.clone(),
-                serial: handle.serial,
-                members: handle.members.clone(),
-            },
-            receiver,
-        );
+        let (topics, serial, members) =
+            (self.topics.clone(), handle.serial, handle.members.clone());
+        // Removes the topic of `id` if nobody is a member: under the map's shard lock, and only
+        // this topic (never a successor for the same key).
+        let departure: Departure = Box::new(move |id| {
+            members.load(Ordering::Acquire) == 0
+                && topics
+                    .remove_if(id, |_, handle| {
+                        handle.serial == serial && handle.members.load(Ordering::Acquire) == 0
+                    })
+                    .is_some()
+        });
+        let topic = Topic::<V>::new(id.to_owned(), self.context.clone(), departure, receiver);
         tokio::spawn(topic.run());
         handle
-    }
-}
-
-/// Lets a topic remove itself from the registry once its last member left.
-pub(super) struct Departure<F> {
-    /// The registry's map.
-    topics: Arc<DashMap<String, TopicHandle<F>>>,
-    /// The topic's serial, so it never removes a successor.
-    serial: u64,
-    /// The topic's member counter.
-    members: Arc<AtomicUsize>,
-}
-
-impl<F> Departure<F> {
-    /// Removes the topic of `id` if nobody is a member; true when it did.
-    pub fn leave_if_unwatched(&self, id: &str) -> bool {
-        if self.members.load(Ordering::Acquire) != 0 {
-            return false;
-        }
-        self.topics
-            .remove_if(id, |_, handle| {
-                handle.serial == self.serial && handle.members.load(Ordering::Acquire) == 0
-            })
-            .is_some()
     }
 }
 
@@ -212,11 +163,12 @@ impl<F> Departure<F> {
 mod tests {
     use std::time::Duration;
 
-    use vwed_publisher::MemoryBus;
+    use vwed_publisher::{MemoryBus, Subjects};
 
     use super::*;
     use crate::broker::MemoryBroker;
     use crate::fanout::{outbox, Mode};
+    use crate::metrics::Metrics;
     use crate::view::TaskView;
 
     /// Under churn, nothing per key or per member may outlive the last member of a key: the

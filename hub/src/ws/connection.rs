@@ -21,7 +21,7 @@ use super::fragments::Fragments;
 use super::upgrade::WebSocket;
 use super::wake_source::WakeSource;
 use crate::auth::Denied;
-use crate::fanout::{outbox, FanOut, GiveUp, Inbox, Member, Membership, Mode, Next};
+use crate::fanout::{outbox, FanOut, GiveUp, Inbox, Next, Watcher};
 use crate::messages::{self, ClientMessageError, ClientRequest, Envelope, Frame};
 use crate::metrics::{EndpointLabels, Metrics, SentBytes};
 
@@ -266,10 +266,10 @@ pub async fn serve(
     peer: SocketAddr,
     expires_in: Option<Duration>,
 ) {
-    let metrics = fanout.context.metrics.clone();
+    let metrics = fanout.metrics().clone();
     let envelope = Envelope::new(watch.endpoint.kind(), &watch.id);
     let endpoint = watch.endpoint.segment();
-    if !fanout.context.broker.is_connected() {
+    if !fanout.broker_connected() {
         let rejection = Rejection::broker_unavailable();
         let refusal = refuse_key(socket, watch.endpoint, &watch.id, rejection, peer, &metrics);
         // Boxed, as the close below: rare paths that would otherwise size every connection's
@@ -278,7 +278,13 @@ pub async fn serve(
     }
 
     let (outbox, inbox) = outbox(settings.queue_capacity, metrics.clone());
-    let membership = join(&fanout, &watch, outbox);
+    let membership = fanout.join(
+        watch.endpoint.kind(),
+        &watch.id,
+        watch.interval,
+        &watch.filter,
+        outbox,
+    );
     let gauge = metrics
         .connections
         .get_or_create(&EndpointLabels {
@@ -394,43 +400,6 @@ impl Drain {
     }
 }
 
-/// Something the connection can ask its topic for, whatever the key's kind.
-trait Watching: Send {
-    fn request_status(&self);
-}
-
-impl<F: Send> Watching for Membership<F> {
-    fn request_status(&self) {
-        Membership::request_status(self);
-    }
-}
-
-fn join(fanout: &FanOut, watch: &Watch, outbox: crate::fanout::Outbox) -> Box<dyn Watching> {
-    let interval = watch.interval;
-    match watch.endpoint {
-        Endpoint::TaskRealtime | Endpoint::TaskBroadcast => {
-            let mode = match interval {
-                Some(interval) => Mode::Realtime {
-                    filter: (),
-                    interval,
-                },
-                None => Mode::Broadcast,
-            };
-            Box::new(fanout.tasks.join(&watch.id, Member::new(mode, outbox)))
-        }
-        Endpoint::SceneRealtime | Endpoint::SceneBroadcast => {
-            let mode = match interval {
-                Some(interval) => Mode::Realtime {
-                    filter: watch.filter.clone(),
-                    interval,
-                },
-                None => Mode::Broadcast,
-            };
-            Box::new(fanout.scenes.join(&watch.id, Member::new(mode, outbox)))
-        }
-    }
-}
-
 struct Connection {
     /// The client's socket; only this task reads or writes it.
     socket: WebSocket,
@@ -439,7 +408,7 @@ struct Connection {
     /// Tells a write in progress that the topic gave up on this client.
     give_up: GiveUp,
     /// This connection's place in its topic; dropped on the way out.
-    membership: Box<dyn Watching>,
+    membership: Watcher,
     /// For error messages about this connection's key.
     envelope: Envelope,
     /// Ping period, queue size, write timeout.
