@@ -98,9 +98,9 @@ impl RecentKeys {
         self.keys.get(subject).map(|recent| recent.rev)
     }
 
-    /// The tips due at `now`, as (subject, payload): each key whose time came, which is then
-    /// set one interval on (or one interval from now, after a stall: never a burst to catch
-    /// up). Keys past the window are forgotten as their time comes.
+    /// The tips due at `now`, as (subject, payload): each key whose time came, once, whose time
+    /// then moves to its next slot after `now` (never a burst to catch up). Keys past the
+    /// window are forgotten as their time comes.
     pub fn due(&mut self, now: Instant) -> Vec<(String, Bytes)> {
         let mut tips = Vec::new();
         let mut again = Vec::new();
@@ -120,15 +120,7 @@ impl RecentKeys {
                 continue;
             }
             tips.extend(tip(&subject, recent));
-            let next = at + self.interval;
-            again.push(Reverse((
-                if next > now {
-                    next
-                } else {
-                    now + self.interval
-                },
-                subject,
-            )));
+            again.push(Reverse((self.next_slot(at, now), subject)));
         }
         // Put back after the loop: each key is tipped at most once per call, whatever the
         // interval.
@@ -140,9 +132,16 @@ impl RecentKeys {
     /// the window counts up to when the connection was lost); later tips keep their times.
     pub fn every(&mut self, horizon: Instant) -> Vec<(String, Bytes)> {
         let window = self.window;
+        let before = self.keys.len();
         self.keys
             .retain(|_, recent| horizon.saturating_duration_since(recent.published_at) <= window);
-        // Forgotten keys' entries are skipped, and dropped, when they come up.
+        if self.keys.len() != before {
+            // One entry per remembered key: a key forgotten here and published again must not
+            // keep its old entry beside the new one.
+            let keys = &self.keys;
+            self.schedule
+                .retain(|Reverse((_, subject))| keys.contains_key(subject));
+        }
         self.keys
             .iter()
             .filter_map(|(subject, recent)| tip(subject, recent))
@@ -157,6 +156,17 @@ impl RecentKeys {
     /// Whether no key is remembered.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// The key's first slot after `now`, its last having been `at`: its phase kept, so that
+    /// keys overdue together (a stalled loop, a long outage) do not go on in one burst.
+    fn next_slot(&self, at: Instant, now: Instant) -> Instant {
+        let interval = self.interval.as_nanos();
+        if interval == 0 {
+            return now;
+        }
+        let periods = now.saturating_duration_since(at).as_nanos() / interval + 1;
+        at + self.interval * u32::try_from(periods).unwrap_or(u32::MAX)
     }
 
     /// Where in the interval `subject` is tipped: the same for the key every time, spread
@@ -362,9 +372,18 @@ mod tests {
                 assert!(seen.values().all(|&n| n == step / 10), "once per interval");
             }
         }
-        let overdue = recent.due(start + tenth * 20 + INTERVAL * 5);
+        let late = start + tenth * 20 + INTERVAL * 5;
+        let overdue = recent.due(late);
         assert_eq!(overdue.len(), 1000, "each key once, however late the round");
-        assert!(recent.due(start + tenth * 20 + INTERVAL * 5).is_empty());
+        assert!(recent.due(late).is_empty());
+        // And the keys keep their phases: still spread, not one burst an interval later.
+        for step in 1..=10 {
+            let tips = recent.due(late + tenth * step).len();
+            assert!(
+                (50..=150).contains(&tips),
+                "{tips} tips at step {step} after"
+            );
+        }
         assert_eq!(
             recent.every(start).len(),
             1000,

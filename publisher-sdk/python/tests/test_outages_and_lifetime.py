@@ -131,16 +131,16 @@ async def test_the_tip_loop_survives_an_error_and_ends_with_its_connection(
     wire = await record(nc, "vwed.task.>")
     publisher = Publisher(nc, tip_interval=0.1)
     failures = 0
-    tips = RecentKeys.tips
+    due = RecentKeys.due
 
     def failing_once(self: RecentKeys, now: float) -> list[tuple[str, bytes]]:
         nonlocal failures
         if failures == 0:
             failures += 1
             raise RuntimeError("a bug in the bookkeeping")
-        return tips(self, now)
+        return due(self, now)
 
-    monkeypatch.setattr(RecentKeys, "tips", failing_once)
+    monkeypatch.setattr(RecentKeys, "due", failing_once)
     with caplog.at_level(logging.ERROR, logger="vwed_publisher"):
         await publisher.append_task_results("t-1", 0, [running("x")])
         await wire.wait_for(3)
@@ -201,7 +201,8 @@ async def test_publishing_does_not_wait_for_a_round_of_many_tips(
     for n in range(20_000):
         await publisher.append_task_results(f"t-{n}", 0, [running("x")])
     await publisher.flush()
-    tipping = asyncio.create_task(publisher._send_tips(time.monotonic(), False))
+    # A round after a reconnect, which tips every key at once.
+    tipping = asyncio.create_task(publisher._send_tips(publisher._recent.every(time.monotonic())))
     await asyncio.sleep(0)
     await publisher.append_task_results("t-new", 0, [running("y")])
     assert not tipping.done(), "the publish waited for the whole round of tips"

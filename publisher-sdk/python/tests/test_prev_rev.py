@@ -22,7 +22,7 @@ from vwed_publisher.wire import MAX_REV, chained_event_json
 
 
 def test_last_rev_is_the_highest_rev_published_on_the_subject() -> None:
-    recent = RecentKeys(60.0)
+    recent = RecentKeys(5.0, 60.0)
     assert recent.last_rev("vwed.task.t-1.execution") is None
     recent.published("vwed.task.t-1.execution", True, "t-1", 16, 0.0)
     assert recent.last_rev("vwed.task.t-1.execution") == 16
@@ -40,13 +40,13 @@ def test_last_rev_is_the_highest_rev_published_on_the_subject() -> None:
 
 
 def test_last_rev_is_forgotten_with_the_key_after_its_window() -> None:
-    recent = RecentKeys(60.0)
+    recent = RecentKeys(5.0, 60.0)
     recent.published("vwed.task.t-1.execution", True, "t-1", 16, 0.0)
     recent.published("vwed.task.t-2.execution", True, "t-2", 20, 30.0)
-    recent.tips(61.0)
+    recent.due(61.0 + 5.0)  # by then each key's turn has come at least once
     assert recent.last_rev("vwed.task.t-1.execution") is None
     assert recent.last_rev("vwed.task.t-2.execution") == 20
-    recent.published("vwed.task.t-1.execution", True, "t-1", 40, 62.0)
+    recent.published("vwed.task.t-1.execution", True, "t-1", 40, 67.0)
     assert recent.last_rev("vwed.task.t-1.execution") == 40
 
 

@@ -49,12 +49,13 @@ from .wire import (
 log = logging.getLogger("vwed_publisher")
 
 DEFAULT_TIP_INTERVAL = 5.0
-"""Seconds between tips (SPEC section 3): the longest a lost event stays unhealed."""
+"""Seconds between two tips of a key (SPEC section 3): the longest a lost event stays unhealed."""
 DEFAULT_TIP_WINDOW = 60.0
 """Seconds after its last event that a key is still tipped (SPEC section 3)."""
 
 _RECONNECT_POLL = 0.1
-"""How often the tipper looks for a NATS reconnect, to tip every recent key at once after it.
+"""How often the tipper wakes: to send the tips due (each key's at its own phase of the
+interval), and to look for a NATS reconnect, after which it tips every recent key at once.
 
 nats-py takes its reconnect callback only at connect time, and the publisher is handed a
 connection made by the service; its reconnect counter is public, so it is read instead."""
@@ -69,10 +70,12 @@ class Publisher:
 
     One publisher serves any number of coroutines: a key's events reach NATS in rev order
     however many publish at once. It also tips every key it published in the last
-    ``tip_window`` seconds, every ``tip_interval`` seconds and at once after a NATS reconnect, so
-    that a hub which lost an event heals within one tip interval. Each event it sends in that
-    window names the key's previous rev (``prev_rev``), so that a hub which lost an event
-    between two others notices it with the next one.
+    ``tip_window`` seconds, once every ``tip_interval`` seconds and at once after a NATS
+    reconnect, so that a hub which lost an event heals within one tip interval. The tips are
+    spread over the interval, each key at its own phase of it, rather than sent in one burst: a
+    hub that takes thousands of tips at once delays the events queued behind them. Each event
+    it sends in that window names the key's previous rev (``prev_rev``), so that a hub which
+    lost an event between two others notices it with the next one.
 
     Example::
 
@@ -119,9 +122,10 @@ class Publisher:
         rev is not above the last it saw). nats-py queues a message before it first yields, so
         the lock is almost never contended; it keeps the order whatever the client does."""
         self._tip_interval = tip_interval
-        """Seconds between tips, or ``None`` for none."""
-        self._recent = RecentKeys(tip_window)
-        """The keys to tip, with their latest revs."""
+        """Seconds between two tips of a key, or ``None`` for none."""
+        # With tips off no key is ever remembered, and the interval given is never used.
+        self._recent = RecentKeys(tip_interval or DEFAULT_TIP_INTERVAL, tip_window)
+        """The keys to tip, with their latest revs and when each is tipped next."""
         self._tipper: asyncio.Task[None] | None = None
         """The tip loop; started by the first publish, which runs on the service's loop."""
         self._responders: set[SnapshotResponder[Any]] = set()
@@ -298,7 +302,7 @@ class Publisher:
         # nats-py may wait inside publish (a full buffer), and close() may have run meanwhile:
         # a tip loop started now would outlive the publisher.
         if self._tipper is None and not self._closed:
-            self._tipper = asyncio.create_task(self._tip_loop(self._tip_interval))
+            self._tipper = asyncio.create_task(self._tip_loop())
 
     async def tip_task(self, task_record_id: str) -> int:
         """Announce a fresh rev for the task with a tip and no event; return the rev.
@@ -325,13 +329,12 @@ class Publisher:
 
     # --- tips ----------------------------------------------------------------------------------
 
-    async def _tip_loop(self, interval: float) -> None:
+    async def _tip_loop(self) -> None:
         nc = self._nc
         reconnects = nc.stats["reconnects"]
-        next_tip = time.monotonic() + interval
         last_connected = time.monotonic()  # the last moment the connection was seen up
         while not nc.is_closed:  # a closed client never comes back: nothing left to tip
-            await asyncio.sleep(min(_RECONNECT_POLL, max(0.0, next_tip - time.monotonic())))
+            await asyncio.sleep(_RECONNECT_POLL)
             now = time.monotonic()
             if not nc.is_connected:
                 # Tips published now would only wait in the buffer; the reconnect sends them.
@@ -339,31 +342,30 @@ class Publisher:
             try:
                 if nc.stats["reconnects"] != reconnects:
                     reconnects = nc.stats["reconnects"]
-                    next_tip = now + interval
                     # The window is counted up to when the connection was lost, however long
                     # it stayed away: the last events before the outage are the ones most
                     # likely to have been lost with it.
-                    await self._send_tips(last_connected, True)
-                elif now >= next_tip:
-                    next_tip = now + interval
-                    await self._send_tips(now, False)
+                    tips = self._recent.every(last_connected)
+                    log.info("NATS connection is back: tipping %d recent keys", len(tips))
+                else:
+                    # Each round only the keys whose turn it is: spread over the interval.
+                    tips = self._recent.due(now)
+                await self._send_tips(tips)
             except Exception:
                 # A tip loop that died would stop healing every key, silently.
-                log.exception("tipping recent keys failed; trying again next interval")
+                log.exception("tipping recent keys failed; trying again next round")
             last_connected = now
 
-    async def _send_tips(self, now: float, after_reconnect: bool) -> None:
-        """Tip every key published since ``now`` minus the window (``now`` forgets older ones).
+    async def _send_tips(self, tips: list[tuple[str, bytes]]) -> None:
+        """Publish ``tips``, as (subject, payload).
 
-        Without the rev-order lock, and yielding every few hundred tips: with many recent keys
-        a round takes a while (100,000 keys, about 0.3 s), and publishing must not stall behind
-        it. No lock is needed: a key's rev is noted only once its event was handed to nats-py,
-        so each tip queues behind the event it names, and a tip that meets a newer event on
-        the way names a rev at or below the hub's, which changes nothing.
+        Without the rev-order lock, and yielding every few hundred tips: after a reconnect,
+        with many recent keys, a round takes a while (100,000 keys, about 0.3 s), and
+        publishing must not stall behind it. No lock is needed: a key's rev is noted only once
+        its event was handed to nats-py, so each tip queues behind the event it names, and a
+        tip that meets a newer event on the way names a rev at or below the hub's, which
+        changes nothing.
         """
-        tips = self._recent.tips(now)
-        if after_reconnect:
-            log.info("NATS connection is back: tipping %d recent keys", len(tips))
         try:
             for sent, (subject, payload) in enumerate(tips, 1):
                 await self._nc.publish(subject, payload)
