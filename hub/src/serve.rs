@@ -14,6 +14,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -78,11 +80,10 @@ pub async fn serve<L>(
             Ok(service) => service,
             Err(never) => match never {},
         };
+        let io = StallLimited::new(io, settings.write_stall_limit);
+        let http_done = io.retirement();
         let connection = http
-            .serve_connection(
-                TokioIo::new(StallLimited::new(io, settings.write_stall_limit)),
-                TowerToHyperService::new(service),
-            )
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
             .with_upgrades();
         let stop = stop.clone();
         open.spawn(async move {
@@ -97,6 +98,9 @@ pub async fn serve<L>(
                     connection.await
                 }
             };
+            // Closed, or upgraded: a WebSocket's writes have a timeout of their own, and a
+            // timer per full socket would slow a busy fan-out.
+            http_done.store(true, Ordering::Relaxed);
             if let Err(error) = outcome {
                 // Header-read timeouts, resets and malformed requests: the client's doing, and
                 // hyper has already answered what deserved an answer.
@@ -115,9 +119,11 @@ pub fn no_delay(stream: &tokio::net::TcpStream) {
     }
 }
 
-/// A socket whose writes may not stall: a write (or flush, or shutdown) that stays pending for
-/// `limit` fails with [`io::ErrorKind::TimedOut`]. Reads are untouched (the header-read timeout
-/// and WebSocket pings bound them).
+/// A socket whose writes may not stall while it serves HTTP: a write (or flush, or shutdown)
+/// that stays pending for `limit` fails with [`io::ErrorKind::TimedOut`]. Reads are untouched
+/// (the header-read timeout and WebSocket pings bound them). Once retired (the connection was
+/// upgraded), writes pass through untimed: the WebSocket times its writes itself, and a timer
+/// armed each time a busy WebSocket's socket fills would be work for nothing.
 pub struct StallLimited<S> {
     /// The socket.
     inner: S,
@@ -126,6 +132,8 @@ pub struct StallLimited<S> {
     /// Armed when a write finds the socket full, dropped as soon as one makes progress. Boxed,
     /// so that a connection that is not stalled pays for a pointer, not for a timer.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// Set by whoever serves HTTP on it once that is over (see [`retirement`](Self::retirement)).
+    retired: Arc<AtomicBool>,
 }
 
 impl<S> StallLimited<S> {
@@ -135,13 +143,19 @@ impl<S> StallLimited<S> {
             inner,
             limit,
             stalled: None,
+            retired: Arc::default(),
         }
+    }
+
+    /// Setting the flag this returns stops the timing of writes, for good.
+    pub fn retirement(&self) -> Arc<AtomicBool> {
+        self.retired.clone()
     }
 
     /// What a write operation that returned `poll` means: progress disarms the timer; pending
     /// arms it (once per stall) and fails when it has run out.
     fn watch<T>(&mut self, poll: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        if poll.is_ready() {
+        if poll.is_ready() || self.retired.load(Ordering::Relaxed) {
             self.stalled = None;
             return poll;
         }
@@ -232,5 +246,13 @@ mod tests {
         let error = limited.write_all(&chunk).await.expect_err("nobody reads");
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(5));
+
+        // Retired, a stalled write just waits (whoever uses the socket now times it).
+        let (writer, _reader) = tokio::io::duplex(1024);
+        let mut retired = StallLimited::new(writer, Duration::from_secs(5));
+        retired.retirement().store(true, Ordering::Relaxed);
+        retired.write_all(&chunk).await.expect("the pipe has room");
+        let waited = tokio::time::timeout(Duration::from_secs(60), retired.write_all(&chunk)).await;
+        assert!(waited.is_err(), "still pending after a minute, no error");
     }
 }
