@@ -18,7 +18,6 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
-
 use tokio::time::{sleep, Sleep};
 
 use super::audience::{Audience, Now};

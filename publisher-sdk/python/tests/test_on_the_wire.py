@@ -54,6 +54,13 @@ class Recorder:
         return [p for s, p in self.messages if s == subject and (op is None or p.get("op") == op)]
 
 
+def occupied(location_id: str) -> LocationStatus:
+    """The status of an occupied location, nothing else set."""
+    return LocationStatus(
+        id=location_id, is_occupied=True, is_locked=False, is_disabled=False, is_empty_tray=False
+    )
+
+
 async def record(nc: Client, subject: str) -> Recorder:
     recorder = Recorder()
     await nc.subscribe(subject, cb=recorder.handle)
@@ -95,9 +102,7 @@ async def test_many_threads_through_one_blocking_publisher_stay_in_rev_order(
     nats_server: NatsServer, nc: Client
 ) -> None:
     wire = await record(nc, "vwed.scene.s-1.storage")
-    status = LocationStatus(
-        id="L-1", is_occupied=True, is_locked=False, is_disabled=False, is_empty_tray=False
-    )
+    status = occupied("L-1")
     returned: list[int] = []
     lock = threading.Lock()
 
@@ -301,9 +306,7 @@ async def test_values_changed_after_they_were_built_are_checked_before_sending(
 ) -> None:
     # Each of these reaches every hub as a malformed event, which it drops: the event is lost.
     wire = await record(nc, ">")
-    status = LocationStatus(
-        id="L-1", is_occupied=True, is_locked=False, is_disabled=False, is_empty_tray=False
-    )
+    status = occupied("L-1")
     status.is_occupied = 1  # type: ignore[assignment]
     with pytest.raises(TypeError, match=r"LocationStatus\.is_occupied must be bool"):
         await publisher.status_change("s-1", "A-1", StatusAction.OCCUPY, status)
@@ -363,9 +366,7 @@ async def test_each_event_names_the_rev_published_for_its_key_before_it(
 ) -> None:
     # A hub holding a key below an event's prev_rev lost an event in between and re-snapshots.
     wire = await record(nc, ">")
-    status = LocationStatus(
-        id="L-1", is_occupied=True, is_locked=False, is_disabled=False, is_empty_tray=False
-    )
+    status = occupied("L-1")
     t1 = await publisher.append_task_results("t-1", 0, [running("a")])
     t2 = await publisher.append_task_results("t-2", 0, [running("a")])
     t1_next = await publisher.replace_task_results("t-1", [running("a"), running("b")])
