@@ -113,8 +113,9 @@ pub struct SyncCore<V: View> {
 enum Phase<E> {
     /// Events apply as they arrive.
     Live,
-    /// A snapshot is requested or due; events wait in the buffer.
-    Loading(Loading<E>),
+    /// A snapshot is requested or due; events wait in the buffer. Boxed: a key is live nearly
+    /// always, and every watched key would otherwise carry the loading state's 200 bytes.
+    Loading(Box<Loading<E>>),
 }
 
 struct Loading<E> {
@@ -208,7 +209,7 @@ impl<V: View> SyncCore<V> {
             view_rev: None,
             version: 0,
             forwarded_rev: None,
-            phase: Phase::Loading(Loading::new()),
+            phase: Phase::Loading(Box::new(Loading::new())),
             gaps: 0,
             stale_in_a_row: 0,
         }
@@ -365,7 +366,7 @@ impl<V: View> SyncCore<V> {
         } else {
             "not_found"
         });
-        self.adopt(snapshot, loading, effects);
+        self.adopt(snapshot, *loading, effects);
     }
 
     /// Takes the owner's snapshot (or word that the key is unknown), then the buffered events.
@@ -433,7 +434,7 @@ impl<V: View> SyncCore<V> {
         if let Some(mut waiting) = waiting {
             tracing::info!(kind = V::KIND.label(), id = %self.id, "an event newer than the snapshot shows a gap; taking another");
             waiting.tip_rev = loading.tip_rev;
-            self.phase = Phase::Loading(waiting);
+            self.phase = Phase::Loading(Box::new(waiting));
             effects.retry_in(retry_delay(self.gaps));
         } else if tip_uncovered && self.gaps > MAX_STALE_REFUSALS {
             // The owner tips a rev its snapshots never reach: its handler does not read the rev
@@ -446,11 +447,11 @@ impl<V: View> SyncCore<V> {
                 "the snapshot is older than a tip that came meanwhile; taking another");
             let mut again = Loading::new();
             again.tip_rev = loading.tip_rev;
-            self.phase = Phase::Loading(again);
+            self.phase = Phase::Loading(Box::new(again));
             effects.retry_in(retry_delay(self.gaps));
         } else if dropped_uncovered || loading.again {
             tracing::info!(kind = V::KIND.label(), id = %self.id, uncovered = dropped_uncovered, "taking another snapshot");
-            self.phase = Phase::Loading(Loading::new());
+            self.phase = Phase::Loading(Box::new(Loading::new()));
             self.send_request(effects);
         }
         effects.deliver_owed(self.view.as_ref(), self.version, false);
@@ -501,7 +502,7 @@ impl<V: View> SyncCore<V> {
         if let Some((event, rev, size)) = first {
             loading.buffer(event, rev, size);
         }
-        self.phase = Phase::Loading(loading);
+        self.phase = Phase::Loading(Box::new(loading));
         if delay.is_zero() {
             self.send_request(effects);
         } else {
