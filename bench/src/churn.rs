@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -502,14 +502,7 @@ struct Scraped {
 
 /// Reads the hub's `/metrics`; `None` when it cannot.
 async fn scrape(ws_base: &str) -> Option<Scraped> {
-    let addr = crate::worker::resolve(ws_base).await.ok()?;
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.ok()?;
+    let body = crate::target::metrics_text(ws_base).await?;
     Some(parse_metrics(&body))
 }
 

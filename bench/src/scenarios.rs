@@ -682,15 +682,7 @@ async fn storage_once(args: &StorageArgs) -> anyhow::Result<Report> {
 /// (what it sent as text, and what it wrote after compression), read from its `/metrics`;
 /// `None` when they cannot be read.
 async fn sent_bytes(target: &Target, endpoint: &str) -> Option<(f64, f64)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = crate::worker::resolve(&target.ws_base).await.ok()?;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.ok()?;
+    let body = crate::target::metrics_text(&target.ws_base).await?;
     let read = |name: &str| {
         let series = format!("{name}{{endpoint=\"{endpoint}\"}} ");
         body.lines()

@@ -337,3 +337,16 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         .parse()
         .ok()
 }
+
+/// The hub's `/metrics` text, from the server behind `ws_base`; `None` when it cannot be read.
+pub async fn metrics_text(ws_base: &str) -> Option<String> {
+    let addr = crate::worker::resolve(ws_base).await.ok()?;
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    Some(body)
+}
